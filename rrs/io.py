@@ -1,0 +1,114 @@
+"""Atomic file writes and provenance records.
+
+Every file the pipeline writes goes through a temporary file in the same folder and an
+`os.replace`, so an interrupted run never leaves a half-written table, figure or model.
+Every figure and table gets a `<name>.provenance.json` beside it.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from .paths import REPO_ROOT
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success rename it onto `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_jsonl(path: str | Path, rows) -> Path:
+    return write_text(path, "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows))
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    """Checksum of parsed records (canonical JSON), independent of file formatting."""
+    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def git_commit() -> str:
+    """The commit of the working tree, with '+dirty' when it has uncommitted changes."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return "unknown"
+
+
+def provenance(profile: str, model: str | None, seed: int | None,
+               data_checksum: str | None, **extra: Any) -> dict:
+    """The record written beside every generated figure and table."""
+    from . import __version__
+
+    record = {
+        "profile": profile,
+        "model": model,
+        "seed": seed,
+        "data_checksum": data_checksum,
+        "git_commit": git_commit(),
+        "rrs_version": __version__,
+    }
+    record.update(extra)
+    return record
+
+
+def provenance_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.stem + ".provenance.json")
+
+
+def write_provenance(path: str | Path, record: dict) -> Path:
+    """Write `record` beside `path` (figure or table) as `<stem>.provenance.json`.
+
+    No time stamp goes in, so that the same run twice gives byte-identical records.
+    """
+    return write_json(provenance_path(path), record)
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
