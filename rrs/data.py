@@ -344,3 +344,59 @@ def statistics(df: pd.DataFrame) -> pd.DataFrame:
 
 
 RECORD_CHECKSUMS: dict[str, str] = {k: s.records_sha256 for k, s in SOURCES.items()}
+
+
+# ----------------------------------------------------------------------------- the prepared set
+
+def _cap_groups(df: pd.DataFrame, split: str, limit: int | None, seed: int) -> pd.DataFrame:
+    """Keep at most `limit` groups (pairs) of one split, drawn with `seed`."""
+    if limit is None:
+        return df
+    groups = sorted(df.loc[df["split"] == split, "group"].unique())
+    if len(groups) <= limit:
+        return df
+    keep = set(np.random.default_rng(seed).choice(groups, size=limit, replace=False))
+    return df[(df["split"] != split) | df["group"].isin(keep)]
+
+
+def prepare_dataset(profile, seed: int = 0, progress: bool = True) -> pd.DataFrame:
+    """The questions of a profile, split, size-capped and spoken (cached on disk).
+
+    Returns the questions table plus voice, rate, audio_path, seconds and fits_window.
+    """
+    from . import audio
+    from .paths import cache_dir
+    from .profiles import Profile, get_profile
+
+    prof = profile if isinstance(profile, Profile) else get_profile(profile)
+    df = load_questions(test_fraction=prof.test_fraction, seed=seed)
+    df = _cap_groups(df, "train", prof.max_train_pairs, seed)
+    for name in ("paper_test", "advbench", "figstep"):
+        split = "test" if name == "paper_test" else name
+        df = _cap_groups(df, split, prof.max_eval_questions, seed)
+    df = audio.speak_questions(df.reset_index(drop=True), voices=prof.tts.voices,
+                               rates=prof.tts.rates, max_seconds=prof.max_audio_seconds,
+                               seed=seed, progress=progress)
+    save_splits(df, cache_dir() / "data" / f"{prof.name}-seed{seed}.csv")
+    return df
+
+
+def model_inputs(df: pd.DataFrame, mode: str, *, prompt: str | None = None,
+                 refusal: bool = False, max_seconds: float | None = None) -> list:
+    """ModelInputs (rrs.modes) for every row of a prepared table in one mode."""
+    from . import audio
+    from .modes import build_input, check_mode
+
+    check_mode(mode)
+    if df.empty:
+        raise ValueError("no questions to build model inputs from (empty table)")
+    inputs = []
+    for row in df.itertuples(index=False):
+        wav = None
+        if mode != "text-only":
+            if not getattr(row, "fits_window", True):
+                raise audio.AudioError(f"question {row.id}: its clip does not fit the "
+                                       "model's window; it cannot be used in audio modes")
+            wav = audio.load_audio(row.audio_path, max_seconds=max_seconds)
+        inputs.append(build_input(row.text, wav, mode, prompt=prompt, refusal=refusal))
+    return inputs

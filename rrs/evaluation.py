@@ -396,6 +396,9 @@ def evaluate(adapter, questions_df: pd.DataFrame, modes: Sequence[str], *, metho
         raise ValueError(f"questions table lacks columns {sorted(need)}")
     if questions_df.empty:
         raise ValueError("no questions to evaluate")
+    bad = set(questions_df["label"]) - set(LABELS)
+    if bad:
+        raise ValueError(f"labels must be harmful or benign; got {sorted(map(str, bad))[:5]}")
     tok = getattr(adapter, "tokenizer", None)
     all_rows: list[dict] = []
     for mode in modes:

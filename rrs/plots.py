@@ -1,0 +1,157 @@
+"""Figures: byte-reproducible PNG + PDF output with a provenance record, and the plots.
+
+Figure 2 of the paper (KNOWN by its caption): t-SNE of harmful (red) and benign (blue)
+representations across RRS epochs, epoch 0 = vanilla. The other plots are OURS.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from . import io as rio
+from .modes import MODES
+
+HARMFUL_COLOR = "#d62728"
+BENIGN_COLOR = "#1f77b4"
+DPI = 150
+# No dates, no software/version strings: the same figure twice gives the same bytes.
+PDF_METADATA = {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None}
+PNG_METADATA = {"Software": None}
+
+
+def set_style(context: str = "paper", font_scale: float = 1.1) -> None:
+    """The project's seaborn look, with settings that keep saved files reproducible."""
+    sns.set_theme(context=context, style="whitegrid", palette="colorblind", font_scale=font_scale)
+    plt.rcParams.update({"pdf.fonttype": 42, "svg.hashsalt": "rrs", "figure.dpi": 100,
+                         "savefig.bbox": "tight", "axes.spines.top": False, "axes.spines.right": False})
+
+
+def save_figure(fig, name: str, figures_dir: str | Path, provenance: dict) -> dict[str, Path]:
+    """Save `fig` as <name>.png (dpi 150) and <name>.pdf atomically, plus <name>.provenance.json."""
+    figures_dir = Path(figures_dir)
+    paths = {}
+    for fmt, meta in (("png", PNG_METADATA), ("pdf", PDF_METADATA)):
+        path = figures_dir / f"{name}.{fmt}"
+        with rio.atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=DPI, metadata=meta, bbox_inches="tight")
+        paths[fmt] = path
+    record = dict(provenance)
+    record["figure"] = name
+    record["files"] = {p.name: rio.sha256_file(p) for p in paths.values()}
+    paths["provenance"] = rio.write_provenance(paths["png"], record)
+    return paths
+
+
+def _is_harmful(labels) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.dtype == bool:
+        return labels
+    if labels.dtype.kind in "iu":
+        return labels == 1
+    bad = set(labels.astype(str)) - {"harmful", "benign"}
+    if bad:
+        raise ValueError(f"labels must be 'harmful'/'benign' (or bool/1-0); got {sorted(bad)[:5]}")
+    return labels.astype(str) == "harmful"
+
+
+def plot_tsne_panels(points_by_panel: dict, title: str | None = None, *, size: float = 3.0):
+    """One scatter panel per entry {panel title: (xy (n, 2), labels)}; harmful red, benign blue."""
+    if not points_by_panel:
+        raise ValueError("no panels to plot")
+    n = len(points_by_panel)
+    fig, axes = plt.subplots(1, n, figsize=(size * n, size + 0.4), squeeze=False)
+    for ax, (panel, (xy, labels)) in zip(axes[0], points_by_panel.items()):
+        xy = np.asarray(xy, dtype=float)
+        harmful = _is_harmful(labels)
+        if xy.ndim != 2 or xy.shape[1] != 2 or len(xy) != len(harmful):
+            raise ValueError(f"panel {panel!r}: need xy of shape (n, 2) and n labels; got {xy.shape}, {len(harmful)}")
+        ax.scatter(*xy[~harmful].T, s=6, c=BENIGN_COLOR, label="benign", alpha=0.7, linewidths=0)
+        ax.scatter(*xy[harmful].T, s=6, c=HARMFUL_COLOR, label="harmful", alpha=0.7, linewidths=0)
+        ax.set_title(str(panel))
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0][-1].legend(loc="best", fontsize="small", markerscale=2)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_training_curves(log: list[dict], *, step_key: str = "step", mse_key: str = "mse",
+                         penalty_key: str = "penalty", title: str | None = None):
+    """RRS training: the representation MSE and the LoRA penalty per step, on two axes."""
+    df = pd.DataFrame(log)
+    if df.empty:
+        raise ValueError("empty training log")
+    for key in (mse_key, penalty_key):
+        if key not in df:
+            raise ValueError(f"training log has no {key!r} (keys: {sorted(df.columns)})")
+    x = df[step_key] if step_key in df else np.arange(len(df))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3))
+    ax1.plot(x, df[mse_key], color=BENIGN_COLOR)
+    ax1.set(xlabel="step", ylabel="MSE(h, target)", title="representation loss")
+    ax2.plot(x, df[penalty_key], color=HARMFUL_COLOR)
+    ax2.set(xlabel="step", ylabel=r"$\sum \|sBA\|_F^2$", title="LoRA penalty")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_contributions(c, mask_by_m: dict, *, bins: int = 60):
+    """Left: distribution of the per-feature contributions c = delta * w_I (0 marked).
+    Right: how many features each Top-m% choice keeps (out of len(c))."""
+    c = np.asarray(c, dtype=float).ravel()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3))
+    ax1.hist(c, bins=bins, color="0.5")
+    ax1.axvline(0, color=HARMFUL_COLOR, lw=1)
+    ax1.set(xlabel=r"$c_j = \Delta_j \, w_{I,j}$", ylabel="features", title="contributions to the 'I' logit")
+    labels = [str(k) for k in mask_by_m]
+    kept = []
+    for k, mask in mask_by_m.items():
+        mask = np.asarray(mask, dtype=bool).ravel()
+        if mask.shape != c.shape:
+            raise ValueError(f"mask {k!r} has {mask.size} entries for {c.size} features")
+        kept.append(int(mask.sum()))
+    ax2.bar(labels, kept, color=BENIGN_COLOR)
+    ax2.axhline(len(c), color="0.3", lw=1, ls="--")
+    ax2.set(xlabel="Top-m%", ylabel="features kept", title=f"kept of {len(c)}")
+    fig.tight_layout()
+    return fig
+
+
+def plot_rates(long_df: pd.DataFrame, *, metrics: Sequence[str] = ("asr", "over_rejection"),
+               test_set: str | None = None, model: str | None = None,
+               methods: Sequence[str] | None = None, modes: Sequence[str] = MODES):
+    """Grouped bars of each metric by mode (groups) and method (bars), Wilson 95% error bars."""
+    df = long_df[long_df["metric"].isin(metrics)]
+    if test_set is not None:
+        df = df[df["test_set"] == test_set]
+    if model is not None:
+        df = df[df["model"] == model]
+    if df.empty:
+        raise ValueError(f"no results to plot for metrics={list(metrics)}, test_set={test_set}, model={model}")
+    if df.duplicated(["method", "mode", "metric"]).any():
+        raise ValueError("several results per (method, mode, metric): pick test_set= and model=")
+    methods = list(methods or dict.fromkeys(df["method"]))
+    modes = [m for m in modes if m in set(df["mode"])]
+    colors = sns.color_palette("colorblind", len(methods))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3), squeeze=False)
+    width = 0.8 / len(methods)
+    for ax, metric in zip(axes[0], metrics):
+        for i, method in enumerate(methods):
+            sub = df[(df["metric"] == metric) & (df["method"] == method)].set_index("mode").reindex(modes)
+            x = np.arange(len(modes)) + (i - (len(methods) - 1) / 2) * width
+            err = np.vstack([sub["value"] - sub["ci_low"], sub["ci_high"] - sub["value"]])
+            ax.bar(x, sub["value"], width, yerr=err, capsize=2, color=colors[i], label=method)
+        ax.set_xticks(np.arange(len(modes)), modes)
+        ax.set(ylim=(0, 100), ylabel="%", title={"asr": "ASR", "over_rejection": "over-rejection",
+                                                   "capability": "capability"}.get(metric, metric))
+    axes[0][-1].legend(fontsize="small")
+    fig.tight_layout()
+    return fig

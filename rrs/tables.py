@@ -1,0 +1,242 @@
+"""Tables: the long results file, the paper-style pivots, and CSV / Markdown / LaTeX output.
+
+Every number lives once in `tables/results_long.csv` (columns rrs.evaluation.LONG_COLUMNS,
+one row per model x method x mode x test_set x metric); the tables are views of it.
+Table contents are OURS (PAPER.md: the paper's tables could not be read): 1 main results
+(ASR / over-rejection), 2 speech-chat capability, 3 Top-m% ablation, 4 dataset-structure
+ablation (5, data statistics, comes from rrs.data.statistics).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from . import io as rio
+from .evaluation import LONG_COLUMNS
+from .modes import MODES
+
+KEY = ["model", "method", "mode", "test_set", "metric"]
+METRIC_LABELS = {"asr": "ASR", "over_rejection": "Over-rej.", "capability": "Capability"}
+METHOD_ORDER = ("vanilla", "sft", "rrs")
+
+
+# --------------------------------------------------------------------------- writers
+def _cell(v, float_format: str) -> str:
+    if isinstance(v, float):
+        return "" if pd.isna(v) else float_format % v
+    return "" if v is None else str(v)
+
+
+def _cells(df: pd.DataFrame, float_format: str) -> tuple[list[str], list[list[str]]]:
+    header = [str(c) for c in df.columns]
+    body = [[_cell(v, float_format) for v in row] for row in df.itertuples(index=False, name=None)]
+    return header, body
+
+
+def to_markdown(df: pd.DataFrame, float_format: str = "%.1f") -> str:
+    """A GitHub-flavoured Markdown table (no `tabulate` dependency); text left, numbers right."""
+    header, body = _cells(df, float_format)
+    numeric = [pd.api.types.is_numeric_dtype(t) for t in df.dtypes]
+    esc = lambda s: s.replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(esc(h) for h in header) + " |",
+             "|" + "|".join("---:" if n else ":---" for n in numeric) + "|"]
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in body]
+    return "\n".join(lines) + "\n"
+
+
+_TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
+
+
+def _tex(s: str) -> str:
+    s = "".join(_TEX_ESCAPES.get(ch, ch) for ch in s)
+    return s.replace("±", r"$\pm$").replace("–", "--")
+
+
+def to_latex(df: pd.DataFrame, float_format: str = "%.1f") -> str:
+    """A booktabs `tabular` (no jinja2 dependency)."""
+    header, body = _cells(df, float_format)
+    numeric = [pd.api.types.is_numeric_dtype(t) for t in df.dtypes]
+    lines = [r"\begin{tabular}{" + "".join("r" if n else "l" for n in numeric) + "}", r"\toprule",
+             " & ".join(_tex(h) for h in header) + r" \\", r"\midrule"]
+    lines += [" & ".join(_tex(c) for c in row) + r" \\" for row in body]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def save_table(df: pd.DataFrame, name: str, tables_dir: str | Path, provenance: dict,
+               float_format: str = "%.1f") -> dict[str, Path]:
+    """Write <name>.csv, .md, .tex and <name>.provenance.json under `tables_dir`.
+
+    All three renderings are made in memory first, then each file is written atomically
+    (rrs.io), so a failure leaves the previous table intact and no partial file.
+    `float_format` applies to all three (full precision lives in results_long.csv).
+    A non-default index (e.g. from a pivot) is written as leading columns.
+    """
+    if not isinstance(df.index, pd.RangeIndex):
+        df = df.reset_index()
+    tables_dir = Path(tables_dir)
+    texts = {
+        "csv": df.to_csv(index=False, float_format=float_format, lineterminator="\n"),
+        "md": to_markdown(df, float_format),
+        "tex": to_latex(df, float_format),
+    }
+    paths = {}
+    for ext, text in texts.items():
+        paths[ext] = rio.write_text(tables_dir / f"{name}.{ext}", text)
+    record = dict(provenance)
+    record["table"] = name
+    record["files"] = {p.name: rio.sha256_file(p) for p in paths.values()}
+    paths["provenance"] = rio.write_provenance(paths["csv"], record)
+    return paths
+
+
+# ----------------------------------------------------------------------- long file
+def _check_long(df: pd.DataFrame) -> None:
+    missing = [c for c in LONG_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"long results lack columns {missing}")
+
+
+def append_long(long_path: str | Path, df: pd.DataFrame) -> pd.DataFrame:
+    """Merge `df` into the long results CSV: rows with the same (model, method, mode,
+    test_set, metric) replace the old ones; sorted by that key; written atomically."""
+    _check_long(df)
+    long_path = Path(long_path)
+    new = df[LONG_COLUMNS]
+    if long_path.exists():
+        old = pd.read_csv(long_path, dtype={k: str for k in KEY})
+        _check_long(old)
+        new = pd.concat([old[LONG_COLUMNS], new], ignore_index=True)
+    new = new.astype({k: str for k in KEY})
+    merged = (new.drop_duplicates(KEY, keep="last").sort_values(KEY, kind="stable")
+              .reset_index(drop=True))
+    merged["n"] = merged["n"].astype(int)
+    rio.write_text(long_path, merged.to_csv(index=False, lineterminator="\n"))
+    return merged
+
+
+# -------------------------------------------------------------------------- pivots
+def _order(values, preferred: Sequence[str]) -> list:
+    values = list(dict.fromkeys(values))
+    return [v for v in preferred if v in values] + sorted(v for v in values if v not in preferred)
+
+
+def format_value(row, ci: str | None) -> str | float:
+    """`value` alone (ci=None), "v ± half-width" (ci='pm', Wilson intervals are not
+    symmetric: half of their width) or "v [lo, hi]" (ci='interval')."""
+    if ci is None:
+        return float(row["value"])
+    if ci == "pm":
+        return f"{row['value']:.1f} ± {(row['ci_high'] - row['ci_low']) / 2:.1f}"
+    if ci == "interval":
+        return f"{row['value']:.1f} [{row['ci_low']:.1f}, {row['ci_high']:.1f}]"
+    raise ValueError(f"ci must be None, 'pm' or 'interval' (got {ci!r})")
+
+
+def pivot_table(long_df: pd.DataFrame, *, rows: Sequence[str] = ("method", "mode"),
+                cols: Sequence[str] = ("test_set", "metric"), metrics: Sequence[str] = ("asr", "over_rejection"),
+                ci: str | None = "pm", model: str | None = None, method_order: Sequence[str] = METHOD_ORDER,
+                test_sets: Sequence[str] | None = None, orders: dict[str, Sequence] | None = None) -> pd.DataFrame:
+    """Generic pivot of the long table: one row per `rows` combination, one column per
+    `cols` combination (flattened to "test_set Metric"). Several models in the data add
+    a leading `model` row key unless `model` picks one. Rows and columns follow
+    `method_order`, MODES, `metrics`, `test_sets` and `orders` ({column: values}); values
+    not listed come after, alphabetically."""
+    df = long_df[long_df["metric"].isin(metrics)].copy()
+    if model is not None:
+        df = df[df["model"] == model]
+    if test_sets is not None:
+        df = df[df["test_set"].isin(test_sets)]
+    if df.empty:
+        raise ValueError(f"no results for metrics {list(metrics)} (model={model}, test_sets={test_sets})")
+    rows = list(rows)
+    if df["model"].nunique() > 1 and "model" not in rows:
+        rows = ["model"] + rows
+    df["cell"] = df.apply(format_value, axis=1, ci=ci)
+    dup = df.duplicated(rows + list(cols), keep=False)
+    if dup.any():
+        raise ValueError(f"several results per cell {rows + list(cols)}: {df[dup][KEY].head(3).to_dict('records')}")
+    wide = df.pivot(index=rows, columns=list(cols), values="cell")
+    orders = {"method": method_order, "mode": MODES, "metric": list(metrics),
+              "test_set": list(test_sets or []), **(orders or {})}
+    wide = wide.reindex(index=_reorder(wide.index, rows, orders), columns=_reorder(wide.columns, list(cols), orders))
+    wide.columns = [" ".join(METRIC_LABELS.get(p, str(p)) for p in (c if isinstance(c, tuple) else (c,)))
+                    for c in wide.columns]
+    return wide.reset_index()
+
+
+def _reorder(index: pd.Index, names: list[str], orders: dict) -> pd.Index:
+    tuples = [t if isinstance(t, tuple) else (t,) for t in index]
+
+    def key(t):
+        out = []
+        for name, v in zip(names, t):
+            pref = list(orders.get(name, ()))
+            out.append((pref.index(v), "") if v in pref else (len(pref), str(v)))
+        return out
+
+    ordered = sorted(tuples, key=key)
+    if len(names) == 1:
+        return pd.Index([t[0] for t in ordered], name=names[0])
+    return pd.MultiIndex.from_tuples(ordered, names=names)
+
+
+def pivot_main_table(long_df: pd.DataFrame, *, ci: str | None = "pm", model: str | None = None,
+                     methods: Sequence[str] | None = None, test_sets: Sequence[str] | None = None) -> pd.DataFrame:
+    """Table 1: rows = method x mode, columns = test_set x (ASR, over-rejection)."""
+    df = long_df if methods is None else long_df[long_df["method"].isin(methods)]
+    return pivot_table(df, metrics=("asr", "over_rejection"), ci=ci, model=model,
+                       method_order=list(methods or METHOD_ORDER), test_sets=test_sets)
+
+
+def pivot_capability_table(long_df: pd.DataFrame, *, ci: str | None = "pm", model: str | None = None,
+                           methods: Sequence[str] | None = None, test_sets: Sequence[str] | None = None) -> pd.DataFrame:
+    """Table 2: rows = method x mode, columns = test_set (capability)."""
+    df = long_df if methods is None else long_df[long_df["method"].isin(methods)]
+    return pivot_table(df, metrics=("capability",), ci=ci, model=model,
+                       method_order=list(methods or METHOD_ORDER), test_sets=test_sets)
+
+
+def _relabelled(long_df: pd.DataFrame, method_by_label: dict[str, str], column: str, **kw) -> pd.DataFrame:
+    missing = [m for m in method_by_label.values() if m not in set(long_df["method"])]
+    if missing:
+        raise ValueError(f"no results for methods {missing}")
+    df = long_df[long_df["method"].isin(method_by_label.values())].copy()
+    df[column] = df["method"].map({m: lab for lab, m in method_by_label.items()})
+    return pivot_table(df, rows=(column, "mode"), orders={column: list(method_by_label)}, **kw)
+
+
+def pivot_top_m_table(long_df: pd.DataFrame, method_by_m: dict[str, str], **kw) -> pd.DataFrame:
+    """Table 3: rows = Top-m% x mode, e.g. method_by_m={"12.5%": "rrs-top12.5", ..., "c>0": "rrs"}."""
+    return _relabelled(long_df, method_by_m, "top_m", **kw)
+
+
+def pivot_structure_table(long_df: pd.DataFrame, method_by_structure: dict[str, str], **kw) -> pd.DataFrame:
+    """Table 4: rows = dataset structure x mode, e.g. {"Basic": "rrs-basic", "Mirror": "rrs", ...}."""
+    return _relabelled(long_df, method_by_structure, "structure", **kw)
+
+
+def over_rejection_increase(long_df: pd.DataFrame, method: str, baseline: str = "vanilla", *,
+                            test_set: str, model: str | None = None, modes: Sequence[str] = MODES) -> float:
+    """Mean over `modes` of (method - baseline) over-rejection on `test_set`, in points.
+
+    The paper's headline quantity (+0.88 for RRS, KNOWN from the abstract)."""
+    df = long_df[(long_df["metric"] == "over_rejection") & (long_df["test_set"] == test_set)]
+    if model is not None:
+        df = df[df["model"] == model]
+    elif df["model"].nunique() > 1:
+        raise ValueError(f"several models in the results ({sorted(df['model'].unique())}); pass model=")
+    diffs = []
+    for mode in modes:
+        vals = {}
+        for m in (method, baseline):
+            v = df[(df["method"] == m) & (df["mode"] == mode)]["value"]
+            if len(v) != 1:
+                raise ValueError(f"need exactly one over_rejection result for method={m!r}, mode={mode!r}, "
+                                 f"test_set={test_set!r}; found {len(v)}")
+            vals[m] = float(v.iloc[0])
+        diffs.append(vals[method] - vals[baseline])
+    return sum(diffs) / len(diffs)

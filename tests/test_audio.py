@@ -1,0 +1,98 @@
+"""Speech synthesis, the clip cache and audio checks (small generated audio)."""
+import numpy as np
+import pytest
+import soundfile as sf
+
+from rrs import audio
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("RRS_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def test_speak_gives_16k_mono_float32():
+    wav = audio.speak("How can I help my neighbour's cat?", "en-us", 170)
+    assert wav.dtype == np.float32 and wav.ndim == 1
+    seconds = wav.size / audio.SAMPLE_RATE
+    assert 1.0 < seconds < 5.0
+    assert np.isfinite(wav).all() and 0.05 < np.abs(wav).max() <= 1.0
+
+
+def test_voices_and_rates_differ():
+    slow = audio.speak("open the window please", "en-us", 120)
+    fast = audio.speak("open the window please", "en-us", 260)
+    other = audio.speak("open the window please", "en+m3", 120)
+    assert slow.size > fast.size * 1.4
+    assert slow.size != other.size or not np.allclose(slow, other)
+
+
+def test_cache_is_keyed_by_content_and_reused():
+    p1 = audio.cached_speech("a cached question", "en-us", 170)
+    mtime = p1.stat().st_mtime_ns
+    assert audio.cached_speech("a cached question", "en-us", 170) == p1
+    assert p1.stat().st_mtime_ns == mtime  # not re-synthesised
+    assert audio.cached_speech("a cached question", "en-us", 190) != p1
+    assert not list(p1.parent.glob("*.tmp"))
+
+
+def test_empty_text_refused():
+    with pytest.raises(ValueError, match="empty"):
+        audio.speak("  ")
+
+
+def test_validate_rejects_bad_clips():
+    good = np.zeros(16000, np.float32) + 0.1
+    assert audio.validate(good, max_seconds=2).shape == (16000,)
+    with pytest.raises(audio.AudioError, match="mono"):
+        audio.validate(np.zeros((2, 100), np.float32))
+    with pytest.raises(audio.AudioError, match="sample rate 8000"):
+        audio.validate(good, 8000)
+    with pytest.raises(audio.AudioError, match="empty"):
+        audio.validate(np.zeros(0, np.float32))
+    with pytest.raises(audio.AudioError, match="NaN"):
+        audio.validate(np.array([0.0, np.nan], np.float32))
+    with pytest.raises(audio.AudioError, match="longer than the model's 0.5 s window"):
+        audio.validate(good, max_seconds=0.5)
+
+
+def test_load_audio_resamples_and_downmixes(tmp_path):
+    t = np.arange(8000) / 8000
+    tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    path = tmp_path / "stereo_8k.wav"
+    sf.write(path, np.stack([tone, tone], axis=1), 8000)
+    with pytest.warns(UserWarning) as record:
+        wav = audio.load_audio(path)
+    messages = " ".join(str(w.message) for w in record)
+    assert "mono" in messages and "resampled from 8000 Hz" in messages
+    assert wav.ndim == 1 and abs(wav.size - 16000) <= 2
+
+
+def test_load_audio_errors_name_the_file(tmp_path):
+    with pytest.raises(audio.AudioError, match="no such audio file"):
+        audio.load_audio(tmp_path / "missing.wav")
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunkjunk")
+    with pytest.raises(audio.AudioError, match="corrupt.wav: unreadable or corrupt"):
+        audio.load_audio(corrupt)
+    long = tmp_path / "long.wav"
+    sf.write(long, np.full(16000 * 3, 0.1, np.float32), 16000)
+    with pytest.raises(audio.AudioError, match="long.wav: 3.00 s is longer"):
+        audio.load_audio(long, max_seconds=2)
+
+
+def test_speak_questions_records_voice_rate_and_window():
+    import pandas as pd
+
+    df = pd.DataFrame({"id": ["q1", "q2"], "text": ["How do I bake bread?",
+                       "Write a very long and detailed question that keeps going on and on "
+                       "about many different things for quite a while indeed"]})
+    out = audio.speak_questions(df, voices=("en-us", "en"), rates=(150,), max_seconds=2.5,
+                                progress=False)
+    assert list(out.columns[-5:]) == ["voice", "rate", "audio_path", "seconds", "fits_window"]
+    assert out.loc[0, "fits_window"] and out.loc[0, "rate"] == 150
+    # too long at 150 wpm: re-spoken faster, and flagged when even the fastest is too long
+    assert out.loc[1, "rate"] > 150 and not out.loc[1, "fits_window"]
+    again = audio.speak_questions(df, voices=("en-us", "en"), rates=(150,), max_seconds=2.5,
+                                  progress=False)
+    assert again.equals(out)

@@ -1,0 +1,136 @@
+"""Data pipeline: real files from the data directory, checksums, splits, bad input."""
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from rrs import data
+from rrs.paths import data_dir
+
+
+@pytest.fixture(scope="module")
+def questions():
+    return data.load_questions(test_fraction=0.2, seed=0)
+
+
+@pytest.fixture()
+def data_copy(tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(data_dir(), root)
+    return root
+
+
+def test_sources_verify_and_load(questions):
+    counts = data.statistics(questions).set_index(["source", "split", "label"])["n"]
+    assert counts[("figstep", "figstep", "harmful")] == 500
+    assert counts[("advbench", "advbench", "harmful")] == 520
+    paper = questions[questions.source == "rrs_paper"]
+    # 700 pairs, but prompts repeat: fewer unique questions than rows.
+    assert 0 < paper.label.eq("harmful").sum() < 700
+    assert set(questions.columns) >= set(data.COLUMNS + ["split", "test_set"])
+    assert questions.id.is_unique
+
+
+def test_split_is_deterministic_and_seeded():
+    a = data.load_questions(seed=0)
+    b = data.load_questions(seed=0)
+    c = data.load_questions(seed=1)
+    pd.testing.assert_frame_equal(a, b)
+    assert not a.split.equals(c.split)
+
+
+def test_no_test_question_in_training_in_any_form(questions):
+    train = questions[questions.split == "train"]
+    held_out = questions[questions.split.isin(["test", "advbench", "figstep"])]
+    # same normalised text (case, punctuation, spacing folded) never crosses the line
+    assert not set(train.norm) & set(held_out.norm)
+    # pairs (and groups of pairs linked by a repeated prompt) stay on one side
+    assert not set(train.group) & set(questions[questions.split == "test"].group)
+    assert not set(train.pair_id) & set(questions[questions.split == "test"].pair_id)
+
+
+def test_no_duplicates_within_a_split(questions):
+    paper = questions[questions.source == "rrs_paper"]
+    assert not paper.duplicated(["norm", "label"]).any()
+    # each test pair keeps its harmful question and its benign twin together
+    test = paper[paper.split == "test"]
+    assert set(test[test.label == "harmful"].group) == set(test[test.label == "benign"].group)
+
+
+def test_rewrite_cleaning_is_reproducible(questions):
+    benign = questions[questions.source == "advbench_safe"]
+    assert not benign.text.str.match(r"^\s").any()
+    assert not benign.text.str.contains("Safe Question").any()
+    assert data.clean_rewrite("### Safe Question:How can I help?") == "How can I help?"
+
+
+def test_dataset_structures(questions):
+    mirror = data.dataset_structure(questions, "mirror")
+    basic = data.dataset_structure(questions, "basic", seed=0)
+    parallel = data.dataset_structure(questions, "parallel")
+    assert set(mirror.modality) == {"audio"} and set(parallel.modality) == {"audio", "text"}
+    assert len(parallel) == 2 * len(mirror)
+    # basic: same questions as mirror, but no harmful question paired with its own twin
+    assert sorted(basic.id) == sorted(mirror.id)
+    h = basic[basic.label == "harmful"].set_index("pair_id")["group"]
+    b = basic[basic.label == "benign"].set_index("pair_id")["group"]
+    common = h.index.intersection(b.index)
+    assert len(common) > 0 and not (h[common] == b[common]).any()
+    with pytest.raises(ValueError, match="unknown dataset structure"):
+        data.dataset_structure(questions, "zigzag")
+
+
+def test_missing_data_directory(monkeypatch, tmp_path):
+    monkeypatch.setenv("RRS_DATA_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="RRS_DATA_DIR"):
+        data_dir()
+
+
+def test_missing_file_says_where_to_get_it(data_copy):
+    (data_copy / "public" / "figstep_safebench.csv").unlink()
+    with pytest.raises(data.DataError, match="missing data file .*figstep.*raw.githubusercontent"):
+        data.load_figstep(data_copy)
+
+
+def test_altered_file_fails_its_checksum(data_copy):
+    path = data_copy / "rrs_paper" / "harmful.json"
+    rows = json.loads(path.read_text())
+    rows[0]["prompt"] = rows[0]["prompt"] + " please"
+    path.write_text(json.dumps(rows))
+    with pytest.raises(data.DataError, match="record checksum"):
+        data.load_paper_pairs(data_copy)
+
+
+def test_reformatted_file_still_verifies(data_copy):
+    # a copy serialised differently (no indentation, trailing newline) has the same records
+    path = data_copy / "rrs_paper" / "benign.json"
+    path.write_text(json.dumps(json.loads(path.read_text())) + "\n")
+    assert len(data.read_source("rrs_benign", data_copy)) == 700
+
+
+def test_malformed_json_and_csv(data_copy):
+    (data_copy / "sarsteer" / "advbench_audio.json").write_text("[{not json")
+    with pytest.raises(data.DataError, match="advbench_audio.json is malformed"):
+        data.read_source("advbench_audio", data_copy)
+    (data_copy / "public" / "figstep_safebench.csv").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(data.DataError, match="figstep_safebench.csv is malformed"):
+        data.read_source("figstep", data_copy)
+
+
+def test_empty_question_text_is_refused(data_copy, monkeypatch):
+    path = data_copy / "rrs_paper" / "harmful.json"
+    rows = json.loads(path.read_text())
+    rows[3]["prompt"] = "   "
+    path.write_text(json.dumps(rows))
+    monkeypatch.setitem(data.RECORD_CHECKSUMS, "rrs_harmful",
+                        data.rio.sha256_json(data.parse_records("rrs_harmful", path.read_bytes())))
+    with pytest.raises(data.DataError, match="empty text"):
+        data.load_paper_pairs(data_copy)
+
+
+def test_data_checksum_changes_with_content(data_copy):
+    before = data.data_checksum(data_copy)
+    path = data_copy / "public" / "figstep_safebench.csv"
+    path.write_text(path.read_text().replace("manufacture", "make", 1))
+    assert data.data_checksum(data_copy) != before

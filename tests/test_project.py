@@ -1,0 +1,95 @@
+"""Project plumbing: profiles, atomic writes, provenance, notebooks' shape, run_all, pins."""
+import json
+import subprocess
+import sys
+import tomllib
+
+import pytest
+import yaml
+
+from rrs import io as rio
+from rrs import pipeline
+from rrs.paths import REPO_ROOT
+from rrs.profiles import PROFILES, get_profile
+
+
+def test_profiles_and_unknown_name():
+    assert set(PROFILES) == {"mini", "colab", "paper"}
+    assert get_profile("mini").device == "cpu"
+    with pytest.raises(ValueError, match="unknown profile 'big'.*colab.*mini.*paper"):
+        get_profile("big")
+
+
+def test_paper_profile_keeps_the_papers_hyper_parameters():
+    t = get_profile("paper").train
+    assert (t.lora_r, t.lora_alpha, t.lora_dropout) == (16, 4, 0.1)
+    assert (t.epochs, t.lr, t.batch_size, t.grad_accum) == (10, 5e-5, 4, 2)
+    assert (t.betas, t.weight_decay, t.max_grad_norm, t.dtype) == ((0.9, 0.98), 0.001, 1.0, "bfloat16")
+    assert get_profile("paper").models == (
+        "Qwen/Qwen2.5-Omni-7B", "Qwen/Qwen2-Audio-7B-Instruct", "Qwen/Qwen-Audio-Chat")
+
+
+def test_output_folders(monkeypatch, tmp_path):
+    monkeypatch.delenv("RRS_OUTPUT_ROOT", raising=False)
+    assert get_profile("mini").tables_dir == REPO_ROOT / "tables"
+    assert get_profile("paper").tables_dir == REPO_ROOT / "runs" / "paper" / "tables"
+    monkeypatch.setenv("RRS_OUTPUT_ROOT", str(tmp_path))
+    assert get_profile("mini").figures_dir == tmp_path / "figures"
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "table.csv"
+    rio.write_text(target, "old\n")
+    with pytest.raises(RuntimeError):
+        with rio.atomic_path(target) as tmp:
+            tmp.write_text("half-writ")
+            raise RuntimeError("interrupted")
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["table.csv"]
+
+
+def test_provenance_record(tmp_path):
+    record = rio.provenance("mini", "mini-lalm", 0, "abc", notebook="01")
+    assert {"profile", "model", "seed", "data_checksum", "git_commit"} <= set(record)
+    assert record["git_commit"] != ""
+    path = rio.write_provenance(tmp_path / "figure1.png", record)
+    assert path.name == "figure1.provenance.json"
+    assert json.loads(path.read_text())["notebook"] == "01"
+
+
+def _cells(nb_path):
+    return json.loads(nb_path.read_text())["cells"]
+
+
+@pytest.mark.parametrize("nb_path", pipeline.notebooks(), ids=lambda p: p.stem)
+def test_notebook_setup_and_parameters(nb_path):
+    url = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+    cells = _cells(nb_path)
+    setup = "".join(cells[0]["source"])
+    assert "google.colab" in setup and f"git+{url}" in setup
+    params = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(params) == 1
+    source = "".join(params[0]["source"])
+    assert 'profile = "mini"' in source and "seed = " in source
+    assert not any(c.get("outputs") for c in cells if c["cell_type"] == "code"), \
+        "commit notebooks without outputs (run_all.sh writes executed copies to runs/)"
+
+
+def test_only_rejects_unknown_notebook():
+    with pytest.raises(SystemExit, match="unknown notebook '42'"):
+        pipeline.select("42")
+    assert [p.stem[:2] for p in pipeline.select("01")] == ["01"]
+
+
+def test_run_all_rejects_unknown_profile():
+    out = subprocess.run([sys.executable, "-m", "rrs.pipeline",
+                          "--profile", "huge"], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert out.returncode == 2 and "unknown profile 'huge'" in out.stderr
+
+
+def test_environment_yml_mirrors_pyproject_pins():
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    pins = set(project["dependencies"]) | set(project["optional-dependencies"]["dev"])
+    env = yaml.safe_load((REPO_ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert set(pip) - {"-e ."} == pins

@@ -1,0 +1,140 @@
+"""Table writers (atomic, with provenance), the long results file, pivots, headline number."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from rrs import io as rio
+from rrs import tables
+from rrs.evaluation import LONG_COLUMNS
+from rrs.modes import MODES
+
+PROV = {"profile": "mini", "model": "m", "seed": 0, "data_checksum": "abc"}
+OR = {"vanilla": (1.0, 2.0, 3.0), "sft": (10.0, 20.0, 30.0), "rrs": (2.0, 2.5, 4.14)}
+ASR = {"vanilla": (60.0, 10.0, 80.0), "sft": (5.0, 1.0, 6.0), "rrs": (8.0, 2.0, 9.0)}
+
+
+def long_df(methods=("rrs", "vanilla", "sft"), test_set="paper_test"):
+    rows = []
+    for method in methods:
+        for i, mode in enumerate(MODES):
+            rows.append(["m", method, mode, test_set, "asr", ASR[method][i], ASR[method][i] - 5, ASR[method][i] + 5, 100])
+            rows.append(["m", method, mode, test_set, "over_rejection", OR[method][i], 0.0, OR[method][i] + 2, 100])
+    return pd.DataFrame(rows, columns=LONG_COLUMNS)
+
+
+def test_markdown_and_latex_without_extra_dependencies():
+    df = pd.DataFrame({"method": ["rrs_top"], "ASR": [12.345], "cell": ["3.0 ± 1.0"]})
+    md = tables.to_markdown(df)
+    assert md == "| method | ASR | cell |\n|:---|---:|:---|\n| rrs_top | 12.3 | 3.0 ± 1.0 |\n"
+    tex = tables.to_latex(df)
+    assert r"\begin{tabular}{lrl}" in tex and r"rrs\_top & 12.3 & 3.0 $\pm$ 1.0 \\" in tex
+    assert tex.rstrip().endswith(r"\end{tabular}")
+
+
+def test_save_table_writes_four_files_with_provenance(tmp_path):
+    df = pd.DataFrame({"method": ["vanilla", "rrs"], "ASR": [60.04, 8.0]})
+    paths = tables.save_table(df, "table1", tmp_path, PROV)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "table1.csv", "table1.md", "table1.provenance.json", "table1.tex"]
+    assert (tmp_path / "table1.csv").read_text() == "method,ASR\nvanilla,60.0\nrrs,8.0\n"
+    record = json.loads(paths["provenance"].read_text())
+    assert record["profile"] == "mini" and record["table"] == "table1"
+    assert record["files"]["table1.csv"] == rio.sha256_file(tmp_path / "table1.csv")
+    # a pivot's index becomes leading columns
+    tables.save_table(df.set_index("method"), "t2", tmp_path, PROV)
+    assert (tmp_path / "t2.csv").read_text().startswith("method,ASR\n")
+
+
+def test_save_table_failure_leaves_old_table_intact(tmp_path, monkeypatch):
+    old = pd.DataFrame({"a": [1.0]})
+    tables.save_table(old, "t", tmp_path, PROV)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def broken(*a, **k):
+        raise RuntimeError("boom while rendering")
+
+    monkeypatch.setattr(tables, "to_latex", broken)
+    with pytest.raises(RuntimeError, match="boom"):
+        tables.save_table(pd.DataFrame({"a": [2.0]}), "t", tmp_path, PROV)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_failure_mid_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    tables.save_table(pd.DataFrame({"a": [1.0]}), "t", tmp_path, PROV)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real = Path.write_text
+
+    def half_then_fail(self, text, *a, **k):
+        real(self, text[: len(text) // 2], *a, **k)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Path, "write_text", half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        tables.save_table(pd.DataFrame({"a": [2.0, 3.0]}), "t", tmp_path, PROV)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before   # no .tmp left either
+
+
+def test_append_long_replaces_same_keys_and_sorts(tmp_path):
+    path = tmp_path / "tables" / "results_long.csv"
+    tables.append_long(path, long_df(methods=("vanilla",)))
+    tables.append_long(path, long_df(methods=("rrs",)))
+    newer = long_df(methods=("vanilla",))
+    newer["value"] = 99.0
+    merged = tables.append_long(path, newer.iloc[:2])
+    back = pd.read_csv(path)
+    assert list(back.columns) == LONG_COLUMNS and len(back) == 12
+    assert back.equals(back.sort_values(tables.KEY).reset_index(drop=True))
+    v = back[(back.method == "vanilla") & (back["mode"] == "audio-text")].set_index("metric")["value"]
+    assert v["asr"] == 99.0 and v["over_rejection"] == 99.0
+    assert (back[(back.method == "vanilla") & (back["mode"] == "text-only")]["value"] != 99.0).all()
+    assert len(merged) == 12 and not list(path.parent.glob("*.tmp"))
+    with pytest.raises(ValueError, match="lack columns"):
+        tables.append_long(path, pd.DataFrame({"model": ["m"]}))
+
+
+def test_pivot_main_table_layout_and_cells():
+    t = tables.pivot_main_table(long_df())
+    assert list(t.columns) == ["method", "mode", "paper_test ASR", "paper_test Over-rej."]
+    assert list(zip(t.method, t["mode"]))[:4] == [("vanilla", "audio-text"), ("vanilla", "text-only"),
+                                                  ("vanilla", "audio-only"), ("sft", "audio-text")]
+    assert t.iloc[0]["paper_test ASR"] == "60.0 ± 5.0"
+    plain = tables.pivot_main_table(long_df(), ci=None)
+    assert plain.iloc[-1]["paper_test Over-rej."] == pytest.approx(4.14)
+    both = pd.concat([long_df(), long_df(test_set="advbench")])
+    cols = tables.pivot_main_table(both, test_sets=["paper_test", "advbench"], ci="interval").columns
+    assert list(cols)[2:] == ["paper_test ASR", "paper_test Over-rej.", "advbench ASR", "advbench Over-rej."]
+    two_models = pd.concat([long_df(), long_df().assign(model="m2")])
+    assert tables.pivot_main_table(two_models).columns[0] == "model"
+    with pytest.raises(ValueError, match="no results"):
+        tables.pivot_capability_table(long_df())
+
+
+def test_capability_top_m_and_structure_tables():
+    cap = long_df(methods=("vanilla", "rrs"))
+    cap = cap[cap.metric == "asr"].assign(metric="capability")
+    t2 = tables.pivot_capability_table(cap, ci=None)
+    assert list(t2.columns) == ["method", "mode", "paper_test Capability"] and len(t2) == 6
+    df = pd.concat([long_df(methods=("rrs",)).assign(method=m) for m in ("rrs-top12.5", "rrs-top50", "rrs")])
+    t3 = tables.pivot_top_m_table(df, {"12.5%": "rrs-top12.5", "50%": "rrs-top50", "c>0": "rrs"})
+    assert list(t3.columns[:2]) == ["top_m", "mode"]
+    assert list(t3.top_m.unique()) == ["12.5%", "50%", "c>0"]
+    t4 = tables.pivot_structure_table(df.replace({"rrs-top12.5": "rrs-basic"}),
+                                      {"Basic": "rrs-basic", "Mirror": "rrs"})
+    assert list(t4.structure.unique()) == ["Basic", "Mirror"]
+    with pytest.raises(ValueError, match="rrs-parallel"):
+        tables.pivot_structure_table(df, {"Parallel": "rrs-parallel"})
+
+
+def test_over_rejection_increase_is_mean_of_mode_differences():
+    df = long_df()
+    # (2-1 + 2.5-2 + 4.14-3) / 3 = 0.88
+    assert tables.over_rejection_increase(df, "rrs", test_set="paper_test") == pytest.approx(0.88)
+    assert tables.over_rejection_increase(df, "sft", test_set="paper_test") == pytest.approx(18.0)
+    with pytest.raises(ValueError, match="mode='audio-only'"):
+        tables.over_rejection_increase(df[df["mode"] != "audio-only"], "rrs", test_set="paper_test")
+    with pytest.raises(ValueError, match="several models"):
+        tables.over_rejection_increase(pd.concat([df, df.assign(model="m2")]), "rrs", test_set="paper_test")
