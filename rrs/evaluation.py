@@ -348,7 +348,8 @@ def model_fingerprint(adapter, model=None, **settings) -> str:
                     h.update(p.detach().float().cpu().numpy().tobytes())
             weights = h.hexdigest()
         weights = weights or type(model).__name__
-    return rio.sha256_json({"adapter": adapter.model_id, "weights": weights, **settings})[:16]
+    return rio.sha256_json({"adapter": adapter.model_id, "revision": getattr(adapter, "revision", None),
+                            "weights": weights, **settings})[:16]
 
 
 def first_tokens(tokenizer, text: str, n: int = FIRST_TOKENS) -> list[str]:

@@ -124,6 +124,11 @@ def run(profile: str, only: str | None, force: bool, seed: int, model: str | Non
         rio.write_json(stamp, {"fingerprint": fp, "notebook": book.name, "params": params,
                                "seconds": round(time.time() - t0, 1)})
         print(f"[{i}/{len(books)}] {book.stem}: done in {time.time() - t0:.0f} s", flush=True)
+    if prof.commit_outputs and prof.output_root == REPO_ROOT:
+        from .report import update_readme
+
+        if update_readme():
+            print("run_all: README results section regenerated from tables/ and figures/")
     print(f"run_all: finished in {time.time() - started:.0f} s")
     return 0
 

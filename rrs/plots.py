@@ -155,3 +155,53 @@ def plot_rates(long_df: pd.DataFrame, *, metrics: Sequence[str] = ("asr", "over_
     axes[0][-1].legend(fontsize="small")
     fig.tight_layout()
     return fig
+
+
+def plot_dataset_structures(structures: dict, *, n_pairs: int = 4):
+    """Figure 3 schematic: one panel per structure {name: items}, items from
+    rrs.data.dataset_structure (columns label, pair_id, modality, and group).
+
+    Each row is a training pair: harmful (red) left, benign (blue) right; a solid line
+    joins a minimally edited twin (same `group`), a dashed one an unrelated benign
+    question; circles are spoken items, squares written ones. Question texts are not
+    drawn. Counts per modality and label go under each panel.
+    """
+    from matplotlib.lines import Line2D
+
+    if not structures:
+        raise ValueError("no dataset structures to plot")
+    fig, axes = plt.subplots(1, len(structures), figsize=(3.2 * len(structures), 3.4), squeeze=False)
+    markers = {"audio": "o", "text": "s"}
+    for ax, (name, items) in zip(axes[0], structures.items()):
+        if "modality" not in items:
+            items = items.assign(modality="audio")
+        mods = [m for m in markers if m in set(items["modality"])]
+        first = items[items["modality"] == mods[0]]
+        harmful = first[first["label"] == "harmful"].head(n_pairs)
+        for i, (_, h) in enumerate(harmful.iterrows()):
+            twin = first[(first["label"] == "benign") & (first["pair_id"] == h["pair_id"])]
+            if twin.empty:
+                continue
+            b = twin.iloc[0]
+            same = "group" not in items or h["group"] == b["group"]
+            ax.plot([0, 1], [-i, -i], color="0.4", lw=1, ls="-" if same else "--", zorder=1)
+            for j, mod in enumerate(mods):
+                dx = 0.18 * j
+                ax.scatter([0 - dx], [-i], marker=markers[mod], s=60, c=HARMFUL_COLOR, zorder=2)
+                ax.scatter([1 + dx], [-i], marker=markers[mod], s=60, c=BENIGN_COLOR, zorder=2)
+        counts = items.groupby(["modality", "label"]).size()
+        ax.set_title(str(name).capitalize())
+        ax.set_xlabel("\n".join(f"{m}: {counts.get((m, 'harmful'), 0)} harmful, "
+                                f"{counts.get((m, 'benign'), 0)} benign" for m in mods), fontsize="small")
+        ax.set_xlim(-0.6, 1.6)
+        ax.set_ylim(-n_pairs + 0.4, 0.6)
+        ax.set_xticks([0, 1], ["harmful", "benign"])
+        ax.set_yticks([])
+        ax.grid(False)
+    handles = [Line2D([], [], color="0.4", ls="-", label="minimal-edit twin"),
+               Line2D([], [], color="0.4", ls="--", label="unrelated benign"),
+               Line2D([], [], marker="o", color="0.4", ls="", label="spoken"),
+               Line2D([], [], marker="s", color="0.4", ls="", label="written")]
+    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize="small", frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig

@@ -105,3 +105,22 @@ def test_plot_rates_bar_heights():
     assert heights == [50.0, 51.0, 52.0, 10.0, 11.0, 12.0]
     assert fig.axes[1].get_title() == "over-rejection"
     plt.close(fig)
+
+
+def test_dataset_structures_schematic():
+    def items(structure):
+        h = pd.DataFrame({"label": "harmful", "pair_id": ["p0", "p1"], "group": [0, 1]})
+        b = pd.DataFrame({"label": "benign", "pair_id": ["p0", "p1"],
+                          "group": [1, 0] if structure == "basic" else [0, 1]})
+        out = pd.concat([h, b], ignore_index=True).assign(modality="audio")
+        if structure == "parallel":
+            out = pd.concat([out, out.assign(modality="text")], ignore_index=True)
+        return out
+
+    fig = plots.plot_dataset_structures({s: items(s) for s in ("basic", "mirror", "parallel")})
+    basic, mirror, parallel = fig.axes
+    assert [ln.get_linestyle() for ln in basic.lines] == ["--", "--"]
+    assert [ln.get_linestyle() for ln in mirror.lines] == ["-", "-"]
+    assert len(mirror.collections) == 4 and len(parallel.collections) == 8   # both forms drawn
+    assert parallel.get_title() == "Parallel" and "text: 2 harmful, 2 benign" in parallel.get_xlabel()
+    plt.close(fig)

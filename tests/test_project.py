@@ -93,3 +93,20 @@ def test_environment_yml_mirrors_pyproject_pins():
     env = yaml.safe_load((REPO_ROOT / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert set(pip) - {"-e ."} == pins
+
+
+def test_readme_results_are_generated_from_tables(tmp_path):
+    from rrs import report
+
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "table1_main_results.md").write_text("| method | asr |\n|---|---|\n| rrs | 12.5 |\n")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{report.START}\nold\n{report.END}\n\ntail\n")
+    assert report.update_readme(readme, tmp_path)
+    text = readme.read_text()
+    assert "| rrs | 12.5 |" in text and "\nold\n" not in text and text.endswith("tail\n")
+    assert "notebooks/05_main_results.ipynb" in text
+    assert not report.update_readme(readme, tmp_path)  # unchanged the second time
+    readme.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="no <!-- results:start -->"):
+        report.update_readme(readme, tmp_path)

@@ -1,0 +1,372 @@
+"""The model interface every notebook and stage codes against, and the model registry.
+
+One `LALMAdapter` wraps one loaded audio LLM and its processor. It turns model-agnostic
+`rrs.modes.ModelInput`s into chat-templated, LEFT-padded batches and reads the vector RRS
+works on: h(x), the output of the LLM's final norm at the last input position, i.e. the
+input of the LM head that gives the first response token (PAPER.md, "Notation"). With
+left padding, position -1 is the last real token of every row.
+
+Subclasses (qwen2_audio.py, qwen25_omni.py, qwen_audio_chat.py) only say how to build the
+chat text, call the processor, and where the backbone (everything but the LM head) is.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from transformers import BatchFeature
+
+from ..modes import ModelInput
+from ..paths import REPO_ROOT
+
+SAMPLE_RATE = 16_000
+MINI_MODEL_DIR = REPO_ROOT / "rrs" / "mini" / "model"
+
+# Every q/k/v/o/gate/up/down projection of the LLM's decoder layers; never the audio
+# encoder (`audio_tower.layers.N.self_attn.q_proj` exists too) nor the vision tower.
+# peft matches a string target_modules with re.fullmatch against each module's full name.
+QWEN2_LLM_LORA_PATTERN = (
+    r"(.*\.)?language_model\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)"
+    r"|mlp\.(gate_proj|up_proj|down_proj))"
+)
+# Qwen-Audio-Chat (remote code): fused c_attn = q/k/v, c_proj = o; w1/w2/c_proj = gate/up/down.
+QWEN1_LLM_LORA_PATTERN = r"(.*\.)?transformer\.h\.\d+\.(attn\.(c_attn|c_proj)|mlp\.(w1|w2|c_proj))"
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelNotAvailableError(OSError):
+    """A registered hub model whose weights are not on this machine."""
+
+
+def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def unwrap(model):
+    """The transformers model under a peft wrapper (LoRA layers stay injected in it)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """A cheap, device-independent hash of a model's weights.
+
+    For every parameter: its name, shape and 64 evenly spaced elements (as float32 bytes).
+    Any training or merge that moves most weights changes it; loading the same weights on
+    CPU or GPU, in float32 or bfloat16-exact values, does not. LoRA parameters count, and
+    so does whether peft adapters are disabled (`with peft_model.disable_adapter()`).
+    """
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            flat = p.detach().reshape(-1)
+            idx = torch.linspace(0, flat.numel() - 1, steps=min(64, flat.numel()), device=flat.device).long()
+            h.update(f"{name}:{tuple(p.shape)}".encode())
+            h.update(flat[idx].float().cpu().numpy().tobytes())
+        for name, module in model.named_modules():
+            if hasattr(module, "disable_adapters") and hasattr(module, "active_adapters"):
+                h.update(f"{name}:off={bool(module.disable_adapters)}:{module.active_adapters}".encode())
+    return h.hexdigest()[:16]
+
+
+class LALMAdapter:
+    """One loaded audio LLM + processor, with batched, left-padded access to h(x).
+
+    Attributes: model_id, model, processor, tokenizer, device, dtype, lora_target_pattern,
+    system_prompt, and `peft_model` (the LoRA wrapper currently injected into `model` by
+    rrs.training, or None: while one is attached, `model` runs with its LoRA layers).
+    """
+
+    lora_target_pattern: str = QWEN2_LLM_LORA_PATTERN
+    system_prompt: str = "You are a helpful assistant."
+    end_of_turn: str = "<|im_end|>"  # closes an assistant answer; part of the SFT labels
+    refusal_token: str = "I"
+
+    def __init__(self, model, processor, *, model_id: str, device: str = "cpu",
+                 dtype: str | torch.dtype = "float32", revision: str | None = None):
+        self.model = model.eval()
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.model_id = model_id
+        self.device = torch.device(device)
+        self.dtype = torch_dtype(dtype)
+        self.revision = revision
+        self.peft_model = None
+
+    # -- loading -------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path_or_id: str, *, model_id: str, device: str = "cpu", dtype: str = "float32",
+             revision: str | None = None, local_files_only: bool = False,
+             trust_remote_code: bool = False) -> "LALMAdapter":
+        raise NotImplementedError
+
+    # -- subclass hooks ------------------------------------------------------------------
+    def conversation(self, x: ModelInput) -> list[dict]:
+        """Chat messages for one input: system prompt, then user = [audio] + [text]."""
+        content = []
+        if x.audio is not None:
+            # The key "audio_url" is what the Qwen2-Audio template tests for; the value is
+            # never read (the waveform goes to the processor separately).
+            content.append({"type": "audio", "audio_url": "<waveform>"})
+        if x.text:
+            content.append({"type": "text", "text": x.text})
+        return [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": content}]
+
+    def chat_texts(self, inputs: Sequence[ModelInput]) -> list[str]:
+        return list(self.processor.apply_chat_template([self.conversation(x) for x in inputs],
+                                                       tokenize=False, add_generation_prompt=True))
+
+    def backbone(self, model):
+        """The module that returns `last_hidden_state` (post final norm) for a batch."""
+        return unwrap(model).model
+
+    def lm_head(self, model=None) -> torch.nn.Module:
+        return unwrap(model if model is not None else self.model).get_output_embeddings()
+
+    @property
+    def hidden_size(self) -> int:
+        return self.lm_head().weight.shape[1]
+
+    # -- batches -------------------------------------------------------------------------
+    def _encode(self, texts: list[str], audios: list[np.ndarray]) -> BatchFeature:
+        self.tokenizer.padding_side = "left"
+        batch = self.processor(text=texts, audio=audios or None, return_tensors="pt", padding=True,
+                               sampling_rate=SAMPLE_RATE)
+        return self._to_device(batch)
+
+    def _to_device(self, batch: BatchFeature) -> BatchFeature:
+        batch = batch.to(self.device)
+        if "input_features" in batch:
+            batch["input_features"] = batch["input_features"].to(self.dtype)
+        return batch
+
+    def prepare(self, inputs: Sequence[ModelInput]) -> BatchFeature:
+        """Chat template + audio features for a batch; LEFT padded; on the model's device."""
+        if not inputs:
+            raise ValueError("prepare() got an empty list of inputs")
+        texts = self.chat_texts(inputs)
+        audios = [np.asarray(x.audio, dtype=np.float32) for x in inputs if x.audio is not None]
+        return self._encode(texts, audios)
+
+    def forward_kwargs(self, batch: BatchFeature) -> dict:
+        return dict(batch)
+
+    def last_hidden(self, batch: BatchFeature, model=None) -> torch.Tensor:
+        """[B, H] final-norm output at position -1 (the LM head's input for the first
+        response token). Keeps the graph (use under no_grad for extraction); pass `model=`
+        a peft model to run it with its LoRA adapter."""
+        model = model if model is not None else self.model
+        out = self.backbone(model)(**self.forward_kwargs(batch), use_cache=False)
+        return out.last_hidden_state[:, -1]
+
+    def _chunks(self, inputs: Sequence, batch_size: int, progress: bool, desc: str):
+        from tqdm.auto import tqdm
+
+        starts = range(0, len(inputs), batch_size)
+        return tqdm(starts, desc=desc, disable=not progress, leave=False, unit="batch")
+
+    @torch.no_grad()
+    def hidden_states(self, inputs: Sequence[ModelInput], batch_size: int = 8, progress: bool = True,
+                      model=None) -> torch.Tensor:
+        """[N, H] float32 CPU tensor of h(x) for every input, in order (no grad, batched)."""
+        model = model if model is not None else self.model
+        was_training = model.training
+        model.eval()
+        out = []
+        for s in self._chunks(inputs, batch_size, progress, f"h(x) {self.model_id}"):
+            out.append(self.last_hidden(self.prepare(inputs[s:s + batch_size]), model=model).float().cpu())
+        model.train(was_training)
+        return torch.cat(out) if out else torch.empty(0, self.hidden_size)
+
+    def refusal_token_id(self) -> int:
+        """Id of "I", the first token of the model's refusals (PAPER.md observation 1)."""
+        ids = self.tokenizer.encode(self.refusal_token, add_special_tokens=False)
+        if len(ids) != 1:
+            raise ValueError(f"{self.model_id}: {self.refusal_token!r} encodes to {len(ids)} tokens "
+                             f"{ids}, not exactly one; RRS needs a single refusal token")
+        return int(ids[0])
+
+    def refusal_token_row(self) -> torch.Tensor:
+        """w_I: the LM-head row of "I" (float32, CPU)."""
+        return self.lm_head().weight[self.refusal_token_id()].detach().float().cpu()
+
+    @torch.no_grad()
+    def first_token_probs(self, inputs: Sequence[ModelInput], token_id: int | None = None,
+                          batch_size: int = 8, model=None, progress: bool = False) -> torch.Tensor:
+        """[N] softmax probability of `token_id` (default "I") as the first response token."""
+        token_id = self.refusal_token_id() if token_id is None else token_id
+        h = self.hidden_states(inputs, batch_size=batch_size, progress=progress, model=model)
+        head = self.lm_head(model)
+        logits = head(h.to(self.device, head.weight.dtype)).float()
+        return torch.softmax(logits, dim=-1)[:, token_id].cpu()
+
+    def generation_kwargs(self) -> dict:
+        pad = self.tokenizer.pad_token_id
+        eos = [i for i in (self.tokenizer.convert_tokens_to_ids(self.end_of_turn), self.tokenizer.eos_token_id)
+               if isinstance(i, int) and i >= 0]
+        return dict(pad_token_id=pad if pad is not None else eos[0], eos_token_id=sorted(set(eos)))
+
+    @torch.no_grad()
+    def generate(self, inputs: Sequence[ModelInput], max_new_tokens: int = 32, batch_size: int = 8,
+                 model=None, progress: bool = True) -> list[str]:
+        """Greedy answers (new text only), batched with left padding."""
+        model = model if model is not None else self.model
+        was_training = model.training
+        model.eval()
+        answers = []
+        for s in self._chunks(inputs, batch_size, progress, f"generate {self.model_id}"):
+            batch = self.prepare(inputs[s:s + batch_size])
+            out = model.generate(**self.forward_kwargs(batch), max_new_tokens=max_new_tokens, do_sample=False,
+                                 num_beams=1, **self.generation_kwargs())
+            new = out[:, batch["input_ids"].shape[1]:]
+            answers += self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        model.train(was_training)
+        return [a.strip() for a in answers]
+
+    def sft_batch(self, inputs: Sequence[ModelInput], responses: Sequence[str]) -> BatchFeature:
+        """Prompt + response + end-of-turn, left padded; `labels` = the response tokens and
+        the end-of-turn token, -100 elsewhere (prompt, audio, padding)."""
+        if len(inputs) != len(responses):
+            raise ValueError(f"{len(inputs)} inputs but {len(responses)} responses")
+        texts = [t + r + self.end_of_turn for t, r in zip(self.chat_texts(inputs), responses)]
+        audios = [np.asarray(x.audio, dtype=np.float32) for x in inputs if x.audio is not None]
+        batch = self._encode(texts, audios)
+        labels = torch.full_like(batch["input_ids"], -100)
+        for i, r in enumerate(responses):
+            ids = torch.tensor(self.tokenizer.encode(r + self.end_of_turn, add_special_tokens=False))
+            n = len(ids)
+            # With left padding the answer is the tail of each row; check the tokenization of
+            # prompt+answer splits at the boundary so the labels are exactly the answer.
+            if not torch.equal(batch["input_ids"][i, -n:].cpu(), ids):
+                raise ValueError(f"{self.model_id}: the response {r!r} does not tokenize the same "
+                                 "inside the chat as alone; cannot place its labels")
+            labels[i, -n:] = ids.to(labels.device)
+        batch["labels"] = labels
+        return batch
+
+    def describe(self) -> dict:
+        return {"model_id": self.model_id, "class": type(self).__name__, "revision": self.revision,
+                "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device),
+                "hidden_size": self.hidden_size, "lora_target_pattern": self.lora_target_pattern}
+
+
+# -- registry ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: adapter class (module:Class, imported lazily), default revision,
+    LoRA target pattern, and notes. `path` is set for models built in this repository."""
+
+    adapter: str
+    revision: str | None
+    lora_pattern: str
+    notes: str
+    path: Path | None = None
+    remote_code: bool = False
+
+    @property
+    def adapter_class(self) -> type[LALMAdapter]:
+        module, name = self.adapter.split(":")
+        return getattr(importlib.import_module(f"rrs.models.{module}"), name)
+
+
+REGISTRY: dict[str, ModelSpec] = {
+    "mini-lalm": ModelSpec(
+        "qwen2_audio:Qwen2AudioAdapter", None, QWEN2_LLM_LORA_PATTERN,
+        "the project's tiny Qwen2-Audio (rrs/mini/model/, built by rrs-build-mini)", path=MINI_MODEL_DIR),
+    "Qwen/Qwen2-Audio-7B-Instruct": ModelSpec(
+        "qwen2_audio:Qwen2AudioAdapter", None, QWEN2_LLM_LORA_PATTERN,
+        "Qwen2-Audio-7B-Instruct, transformers-native"),
+    "Qwen/Qwen2.5-Omni-7B": ModelSpec(
+        "qwen25_omni:Qwen25OmniAdapter", None, QWEN2_LLM_LORA_PATTERN,
+        "thinker only (text output); the paper's released code targets this model"),
+    "Qwen/Qwen2.5-Omni-3B": ModelSpec(
+        "qwen25_omni:Qwen25OmniAdapter", None, QWEN2_LLM_LORA_PATTERN,
+        "thinker only (text output); the colab profile's stand-in for the 7B"),
+    "Qwen/Qwen-Audio-Chat": ModelSpec(
+        "qwen_audio_chat:QwenAudioChatAdapter", None, QWEN1_LLM_LORA_PATTERN,
+        "remote code for transformers 4.x: needs trust_remote_code=True, a reviewed commit "
+        "passed as revision=, and a separate transformers<4.50 environment", remote_code=True),
+}
+
+# config.json model_type -> adapter, for local folders.
+MODEL_TYPES = {
+    "qwen2_audio": "qwen2_audio:Qwen2AudioAdapter",
+    "qwen2_5_omni": "qwen25_omni:Qwen25OmniAdapter",
+    "qwen2_5_omni_thinker": "qwen25_omni:Qwen25OmniAdapter",
+    "qwen": "qwen_audio_chat:QwenAudioChatAdapter",
+}
+
+
+def _missing_weights_message(model_id: str, revision: str | None, err: Exception) -> str:
+    rev = f", revision={revision!r}" if revision else ""
+    return (f"The weights of {model_id!r} are not available on this machine ({type(err).__name__}: {err}). "
+            f"Download them on a connected machine with `huggingface_hub.snapshot_download({model_id!r}{rev})` "
+            "(or `huggingface-cli download`), copy the Hugging Face cache (HF_HOME) here, and run with "
+            "HF_HUB_OFFLINE=1; or pass a local folder path to load_adapter.")
+
+
+def load_adapter(model_id_or_path: str, *, device: str = "cpu", dtype: str = "float32",
+                 trust_remote_code: bool = False, revision: str | None = None,
+                 local_files_only: bool | None = None) -> LALMAdapter:
+    """Load a registered model id (see REGISTRY) or a local Hugging Face model folder.
+
+    Local folders pick their adapter from config.json's model_type. `local_files_only=None`
+    follows HF_HUB_OFFLINE. Remote-code models need trust_remote_code=True and a revision.
+    """
+    if model_id_or_path in REGISTRY:
+        spec = REGISTRY[model_id_or_path]
+        model_id, revision = model_id_or_path, revision or spec.revision
+        if spec.remote_code and not trust_remote_code:
+            raise ValueError(f"{model_id} runs code from its hub repository; opt in with "
+                             "trust_remote_code=True and pin a reviewed commit with revision=")
+        if spec.path is not None:
+            if not (spec.path / "config.json").is_file():
+                raise FileNotFoundError(f"{model_id!r} is not built yet: no {spec.path}/config.json. "
+                                        "Build it with `rrs-build-mini` (rrs.mini.build).")
+            source = str(spec.path)
+        else:
+            source = model_id
+        cls = spec.adapter_class
+    elif Path(model_id_or_path).expanduser().is_dir():
+        folder = Path(model_id_or_path).expanduser().resolve()
+        config = folder / "config.json"
+        if not config.is_file():
+            raise FileNotFoundError(f"{folder} has no config.json; not a Hugging Face model folder")
+        model_type = json.loads(config.read_text()).get("model_type")
+        if model_type not in MODEL_TYPES:
+            raise ValueError(f"{folder}: model_type {model_type!r} is not supported; "
+                             f"supported: {sorted(MODEL_TYPES)}")
+        module, name = MODEL_TYPES[model_type].split(":")
+        cls = getattr(importlib.import_module(f"rrs.models.{module}"), name)
+        if getattr(cls, "remote_code", False) and not trust_remote_code:
+            raise ValueError(f"{folder} ({model_type}) runs remote code; opt in with trust_remote_code=True")
+        model_id, source = str(folder), str(folder)
+        local_files_only = True
+    else:
+        raise ValueError(f"unknown model {model_id_or_path!r}: not a registered id nor a local folder. "
+                         f"Registered ids: {sorted(REGISTRY)}")
+
+    if local_files_only is None:
+        from huggingface_hub import constants
+
+        local_files_only = bool(constants.HF_HUB_OFFLINE)
+    try:
+        return cls.load(source, model_id=model_id, device=device, dtype=dtype, revision=revision,
+                        local_files_only=local_files_only, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        if source == model_id and not isinstance(err, ModelNotAvailableError):
+            raise ModelNotAvailableError(_missing_weights_message(model_id, revision, err)) from err
+        raise
+

@@ -1,0 +1,66 @@
+"""The README's results section, generated from the committed `mini` tables (never typed)."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from . import io as rio
+from .paths import REPO_ROOT
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+# (file stem, title, notebook that makes it)
+TABLES = [
+    ("table1_main_results", "Table 1 · ASR and over-rejection (%)", "05_main_results"),
+    ("table2_capability", "Table 2 · Benign capability (%)", "07_capability"),
+    ("table3_top_m", "Table 3 · Top-m% ablation", "06_ablations"),
+    ("table4_structures", "Table 4 · Dataset-structure ablation", "06_ablations"),
+    ("table5_data_statistics", "Table 5 · Data statistics", "01_dataset_construction"),
+    ("mini_lalm_behaviour", "The vanilla mini model's refusal rates (%)", "00_mini_lalm"),
+    ("rrs_representation_shift", "Representation shift after RRS", "04_rrs_training"),
+]
+FIGURES = [
+    ("figure1_representations", "Figure 1 · Vanilla representations per mode", "02_representation_probing"),
+    ("figure2_rrs_epochs", "Figure 2 · Representations across RRS epochs", "04_rrs_training"),
+    ("figure3_dataset_structures", "Figure 3 · Dataset structures", "01_dataset_construction"),
+]
+
+
+def results_markdown(root: Path = REPO_ROOT) -> str:
+    parts = ["All numbers below come from the **`mini` profile** (our miniature audio LLM, trained and "
+             "evaluated on a 2-core CPU by `./run_all.sh`); they are not the paper's numbers, which "
+             "need the 7B models and are not reproduced here. Each table links to the notebook "
+             "that makes it; `tables/results_long.csv` holds every number with n and a 95% "
+             "Wilson interval."]
+    summary = root / "results" / "mini" / "summary.json"
+    if summary.exists():
+        s = json.loads(summary.read_text())
+        lines = [f"- {k.replace('_', ' ')}: {v}" for k, v in s.get("headline", {}).items()]
+        if lines:
+            parts.append("**Headline** (from `results/mini/summary.json`):\n\n" + "\n".join(lines))
+    for stem, title, notebook in TABLES:
+        md = root / "tables" / f"{stem}.md"
+        if md.exists():
+            prov = rio.provenance_path(md)
+            commit = json.loads(prov.read_text()).get("git_commit", "?")[:12] if prov.exists() else "?"
+            parts.append(f"### {title}\n\nFrom [`notebooks/{notebook}.ipynb`](notebooks/{notebook}.ipynb) "
+                         f"(commit {commit}):\n\n{md.read_text().strip()}")
+    for stem, title, notebook in FIGURES:
+        png = root / "figures" / f"{stem}.png"
+        if png.exists():
+            parts.append(f"### {title}\n\n![{title}](figures/{stem}.png)\n\n"
+                         f"From [`notebooks/{notebook}.ipynb`](notebooks/{notebook}.ipynb).")
+    return "\n\n".join(parts)
+
+
+def update_readme(readme: Path = REPO_ROOT / "README.md", root: Path = REPO_ROOT) -> bool:
+    """Replace the block between the results markers; True when the README changed."""
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise ValueError(f"{readme} has no {START} ... {END} block")
+    new = re.sub(re.escape(START) + ".*?" + re.escape(END),
+                 lambda _: f"{START}\n{results_markdown(root)}\n{END}", text, flags=re.S)
+    if new != text:
+        rio.write_text(readme, new)
+    return new != text
