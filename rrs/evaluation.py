@@ -23,6 +23,7 @@ import json
 import math
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Iterable, Protocol, Sequence
 
@@ -440,6 +441,149 @@ def evaluate(adapter, questions_df: pd.DataFrame, modes: Sequence[str], *, metho
             rio.write_jsonl(path, rows)
             all_rows += rows
     return all_rows
+
+
+# ------------------------------------------------------------------ one method, all sets
+TEST_SETS = ("paper_test", "advbench", "figstep")
+
+
+def questions_digest(df: pd.DataFrame) -> str:
+    """Identity of a test set's questions: ids, texts, labels and the spoken clip's voice
+    and rate (not its machine-specific path), so a changed question or clip is re-evaluated."""
+    cols = [c for c in ("id", "text", "label", "voice", "rate") if c in df.columns]
+    return rio.sha256_json(df[cols].astype(str).values.tolist())[:16]
+
+
+def select_test_sets(questions: pd.DataFrame, test_sets: Sequence[str]) -> pd.DataFrame:
+    """The rows of `questions` whose `test_set` is one of `test_sets`, checked: every set
+    named must exist and hold questions, labels must be harmful/benign, ids unique."""
+    if isinstance(test_sets, str):
+        test_sets = [test_sets]
+    test_sets = list(dict.fromkeys(test_sets))
+    if not test_sets:
+        raise ValueError("no test sets given")
+    need = {"id", "text", "label", "test_set"} - set(questions.columns)
+    if need:
+        raise ValueError(f"questions table lacks columns {sorted(need)}")
+    present = sorted(set(questions["test_set"].astype(str)) - {""})
+    empty = [t for t in test_sets if not (questions["test_set"] == t).any()]
+    if empty:
+        raise ValueError(f"test set(s) {empty} hold no questions; test sets in the table: {present}")
+    df = questions[questions["test_set"].isin(test_sets)]
+    bad = set(df["label"]) - set(LABELS)
+    if bad:
+        raise ValueError(f"labels must be harmful or benign; got {sorted(map(str, bad))[:5]}")
+    dup = df["id"][df["id"].duplicated()]
+    if len(dup):
+        raise ValueError(f"duplicate question ids {sorted(map(str, set(dup)))[:5]}")
+    return df
+
+
+def _file_id(path: Path):
+    """(inode, mtime) of a file, None when absent: an atomic rewrite changes both."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def evaluate_method(adapter, questions: pd.DataFrame, P, seed: int, method: str, checkpoint, *,
+                    test_sets: Sequence[str] = TEST_SETS, modes: Sequence[str] = MODES,
+                    out_dir: str | Path | None = None, judge: RefusalJudge | None = None,
+                    model_name: str | None = None, progress: bool = True,
+                    stats: dict | None = None) -> list[dict]:
+    """Per-question verdicts of one method (vanilla or a fine-tuned checkpoint) on every
+    test set x mode, with the profile's batch size and max_new_tokens.
+
+    `questions` is the prepared table (rrs.data.prepare_dataset: test_set, audio_path,
+    fits_window, voice, rate); `checkpoint` None means the vanilla model, else a peft
+    checkpoint folder loaded with rrs.training.load_trained (which refuses one trained on
+    other base weights). Verdicts go to one JSONL per (method, mode, test_set) under
+    `out_dir` (default P.results_dir / "verdicts" / <model>) and are reused when they match
+    the questions, the judge and the model fingerprint (base weights, fine-tuned weights,
+    generation settings); rows carry `model_name` (default adapter.model_id) as `model`.
+    Everything that can be checked cheaply is checked before a model runs. `stats`, when
+    given, is filled with how many (question, mode) verdicts were generated / reused and
+    the seconds spent generating.
+    """
+    from .models.base import weights_fingerprint
+    from .training import detach_lora, load_trained
+
+    modes = [check_mode(m) for m in modes]
+    if not modes:
+        raise ValueError("no modes given")
+    df = select_test_sets(questions, test_sets)
+    if set(modes) - {"text-only"}:
+        if "audio_path" not in df.columns:
+            raise ValueError("audio modes need the spoken questions: the table has no audio_path column "
+                             "(use rrs.data.prepare_dataset)")
+        if "fits_window" in df.columns and not df["fits_window"].astype(bool).all():
+            bad = list(df.loc[~df["fits_window"].astype(bool), "id"][:3])
+            raise ValueError(f"questions {bad} have clips longer than the model window; they cannot be "
+                             "evaluated in audio modes")
+    if checkpoint is not None and not Path(checkpoint).is_dir():
+        raise FileNotFoundError(f"checkpoint folder not found: {checkpoint}")
+    judge = judge or PhraseJudge()
+    model_name = model_name or adapter.model_id
+    out_dir = Path(out_dir) if out_dir is not None else Path(P.results_dir) / "verdicts" / _safe(model_name)
+
+    detach_lora(adapter)
+    base_weights = weights_fingerprint(adapter.model)
+    model = None if checkpoint is None else load_trained(adapter, checkpoint)
+
+    from .audio import load_audio as read_clip
+
+    def load_audio(row):
+        return read_clip(row["audio_path"], max_seconds=P.max_audio_seconds)
+
+    rows: list[dict] = []
+    counts = {"generated": 0, "reused": 0, "seconds_generating": 0.0}
+    try:
+        for test_set in list(dict.fromkeys([test_sets] if isinstance(test_sets, str) else test_sets)):
+            g = df[df["test_set"] == test_set]
+            for mode in modes:
+                fp = model_fingerprint(adapter, model, base_weights=base_weights, mode=mode,
+                                       max_new_tokens=P.max_new_tokens, batch_size=P.eval_batch_size,
+                                       questions=questions_digest(g))
+                path = verdicts_path(out_dir, method, mode, test_set)
+                before = _file_id(path)
+                t0 = time.perf_counter()
+                new = evaluate(adapter, g, [mode], method=method, model_id=model_name,
+                               load_audio=load_audio, judge=judge, model=model,
+                               max_new_tokens=P.max_new_tokens, batch_size=P.eval_batch_size,
+                               out_dir=out_dir, progress=progress, fingerprint=fp)
+                if before is not None and _file_id(path) == before:
+                    counts["reused"] += len(new)
+                else:
+                    counts["generated"] += len(new)
+                    counts["seconds_generating"] += time.perf_counter() - t0
+                rows += new
+    finally:
+        if stats is not None:
+            stats.update(counts)
+        if model is not None:
+            detach_lora(adapter)
+    return rows
+
+
+def n_in_columns(table: pd.DataFrame, long: pd.DataFrame) -> pd.DataFrame:
+    """`table` (a rrs.tables pivot: columns "<test_set> <Metric>") with each such column
+    renamed "<test_set> <Metric> (n=N)", N = the questions behind every cell of it.
+
+    Raises ValueError when a column's cells rest on different n (then no single n is true).
+    """
+    from .tables import METRIC_LABELS
+
+    per = long.groupby(["test_set", "metric"])["n"].unique()
+    names = {}
+    for (test_set, metric), ns in per.items():
+        col = f"{test_set} {METRIC_LABELS.get(metric, metric)}"
+        if col in table.columns:
+            if len(ns) != 1:
+                raise ValueError(f"column {col!r} mixes results on n = {sorted(map(int, ns))}")
+            names[col] = f"{col} (n={int(ns[0])})"
+    return table.rename(columns=names)
 
 
 # ------------------------------------------------------------------------------ CLI

@@ -11,6 +11,7 @@ chat text, call the processor, and where the backbone (everything but the LM hea
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
@@ -59,24 +60,32 @@ def unwrap(model):
     return get_base() if callable(get_base) else model
 
 
+def _is_tuner_layer(module) -> bool:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return isinstance(module, BaseTunerLayer)
+
+
 def weights_fingerprint(model: torch.nn.Module) -> str:
-    """A cheap, device-independent hash of a model's weights.
+    """A cheap, device-independent hash of the weights a forward pass uses.
 
     For every parameter: its name, shape and 64 evenly spaced elements (as float32 bytes).
     Any training or merge that moves most weights changes it; loading the same weights on
-    CPU or GPU, in float32 or bfloat16-exact values, does not. LoRA parameters count, and
-    so does whether peft adapters are disabled (`with peft_model.disable_adapter()`).
+    CPU or GPU, in float32 or bfloat16-exact values, does not. Active LoRA parameters
+    count; disabled ones (`with peft_model.disable_adapter()`) do not, and names are taken
+    without peft's wrappers, so a model with its LoRA disabled has its vanilla fingerprint.
     """
+    disabled = {name for name, m in model.named_modules() if _is_tuner_layer(m) and m.disable_adapters}
     h = hashlib.sha256()
     with torch.no_grad():
         for name, p in model.named_parameters():
+            if ".lora_" in name and name.split(".lora_")[0] in disabled:
+                continue
+            canonical = name.removeprefix("base_model.model.").replace(".base_layer", "")
             flat = p.detach().reshape(-1)
             idx = torch.linspace(0, flat.numel() - 1, steps=min(64, flat.numel()), device=flat.device).long()
-            h.update(f"{name}:{tuple(p.shape)}".encode())
+            h.update(f"{canonical}:{tuple(p.shape)}".encode())
             h.update(flat[idx].float().cpu().numpy().tobytes())
-        for name, module in model.named_modules():
-            if hasattr(module, "disable_adapters") and hasattr(module, "active_adapters"):
-                h.update(f"{name}:off={bool(module.disable_adapters)}:{module.active_adapters}".encode())
     return h.hexdigest()[:16]
 
 
@@ -84,8 +93,9 @@ class LALMAdapter:
     """One loaded audio LLM + processor, with batched, left-padded access to h(x).
 
     Attributes: model_id, model, processor, tokenizer, device, dtype, lora_target_pattern,
-    system_prompt, and `peft_model` (the LoRA wrapper currently injected into `model` by
-    rrs.training, or None: while one is attached, `model` runs with its LoRA layers).
+    system_prompt, and `peft_model`: the LoRA wrapper rrs.training injected into `model`
+    (or None). Methods taking `model=` run the vanilla model when it is None (any attached
+    LoRA disabled for the call) and the given (peft) model otherwise.
     """
 
     lora_target_pattern: str = QWEN2_LLM_LORA_PATTERN
@@ -103,6 +113,20 @@ class LALMAdapter:
         self.dtype = torch_dtype(dtype)
         self.revision = revision
         self.peft_model = None
+
+    @contextlib.contextmanager
+    def vanilla(self):
+        """Inside, any LoRA adapter attached to self.model is disabled (not nested twice)."""
+        pm = self.peft_model
+        if pm is None or any(_is_tuner_layer(m) and m.disable_adapters for m in pm.modules()):
+            yield
+        else:
+            with pm.disable_adapter():
+                yield
+
+    def _run(self, model):
+        """(model to call, context to call it in) for a `model=` argument."""
+        return (self.model, self.vanilla()) if model is None else (model, contextlib.nullcontext())
 
     # -- loading -------------------------------------------------------------------------
     @classmethod
@@ -166,8 +190,9 @@ class LALMAdapter:
         """[B, H] final-norm output at position -1 (the LM head's input for the first
         response token). Keeps the graph (use under no_grad for extraction); pass `model=`
         a peft model to run it with its LoRA adapter."""
-        model = model if model is not None else self.model
-        out = self.backbone(model)(**self.forward_kwargs(batch), use_cache=False)
+        model, context = self._run(model)
+        with context:
+            out = self.backbone(model)(**self.forward_kwargs(batch), use_cache=False)
         return out.last_hidden_state[:, -1]
 
     def _chunks(self, inputs: Sequence, batch_size: int, progress: bool, desc: str):
@@ -180,12 +205,13 @@ class LALMAdapter:
     def hidden_states(self, inputs: Sequence[ModelInput], batch_size: int = 8, progress: bool = True,
                       model=None) -> torch.Tensor:
         """[N, H] float32 CPU tensor of h(x) for every input, in order (no grad, batched)."""
-        model = model if model is not None else self.model
+        model, context = self._run(model)
         was_training = model.training
         model.eval()
         out = []
-        for s in self._chunks(inputs, batch_size, progress, f"h(x) {self.model_id}"):
-            out.append(self.last_hidden(self.prepare(inputs[s:s + batch_size]), model=model).float().cpu())
+        with context:
+            for s in self._chunks(inputs, batch_size, progress, f"h(x) {self.model_id}"):
+                out.append(self.last_hidden(self.prepare(inputs[s:s + batch_size]), model=model).float().cpu())
         model.train(was_training)
         return torch.cat(out) if out else torch.empty(0, self.hidden_size)
 
@@ -221,16 +247,17 @@ class LALMAdapter:
     def generate(self, inputs: Sequence[ModelInput], max_new_tokens: int = 32, batch_size: int = 8,
                  model=None, progress: bool = True) -> list[str]:
         """Greedy answers (new text only), batched with left padding."""
-        model = model if model is not None else self.model
+        model, context = self._run(model)
         was_training = model.training
         model.eval()
         answers = []
-        for s in self._chunks(inputs, batch_size, progress, f"generate {self.model_id}"):
-            batch = self.prepare(inputs[s:s + batch_size])
-            out = model.generate(**self.forward_kwargs(batch), max_new_tokens=max_new_tokens, do_sample=False,
-                                 num_beams=1, **self.generation_kwargs())
-            new = out[:, batch["input_ids"].shape[1]:]
-            answers += self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        with context:
+            for s in self._chunks(inputs, batch_size, progress, f"generate {self.model_id}"):
+                batch = self.prepare(inputs[s:s + batch_size])
+                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                     num_beams=1, **self.generation_kwargs())
+                new = out[:, batch["input_ids"].shape[1]:]
+                answers += self.tokenizer.batch_decode(new, skip_special_tokens=True)
         model.train(was_training)
         return [a.strip() for a in answers]
 

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import transformers
 from transformers import (AutoTokenizer, BatchFeature, Qwen2_5OmniThinkerConfig,
                           Qwen2_5OmniThinkerForConditionalGeneration, WhisperFeatureExtractor)
 from transformers.utils import cached_file
 
-from .base import QWEN2_LLM_LORA_PATTERN, LALMAdapter, torch_dtype
+from .base import QWEN2_LLM_LORA_PATTERN, LALMAdapter, torch_dtype, unwrap
 from .qwen2_audio import whisper_feature_extractor
 
 OMNI_SYSTEM_PROMPT = ("You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of "
@@ -157,6 +158,14 @@ def tiny_qwen25_omni_thinker_config(vocab_size: int, *, token_ids: dict[str, int
 class Qwen25OmniAdapter(LALMAdapter):
     lora_target_pattern = QWEN2_LLM_LORA_PATTERN
     system_prompt = OMNI_SYSTEM_PROMPT
+
+    def __init__(self, model, processor, **kw):
+        # transformers < 5.21 put the text model at thinker.model and the audio tower beside
+        # it; h(x) and the LoRA pattern here need the later thinker.model.language_model.
+        if not hasattr(unwrap(model).model, "language_model"):
+            raise RuntimeError(f"transformers {transformers.__version__} lays out the Qwen2.5-Omni thinker the "
+                               "pre-5.21 way (thinker.model is the text model); install transformers>=5.21")
+        super().__init__(model, processor, **kw)
 
     @classmethod
     def load(cls, path_or_id, *, model_id, device="cpu", dtype="float32", revision=None,

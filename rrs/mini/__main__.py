@@ -1,0 +1,6 @@
+"""`python -m rrs.mini` = `python -m rrs.mini.build`."""
+import sys
+
+from .build import main
+
+sys.exit(main())

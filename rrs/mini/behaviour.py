@@ -1,0 +1,140 @@
+"""What the mini-LALM does, measured: refusal rate per input mode x label x refusal
+instruction, the first-token distribution ("I" vs the rest), example generations.
+
+The notebook 00_mini_lalm.ipynb only calls these. Refusals are judged by the project's
+phrase list (rrs.evaluation.PhraseJudge); the model goes through the same adapter as a
+hub model (rrs.models). Speech of the questions comes from rrs.audio.speak_questions
+(the pipeline's cached eSpeak NG clips, one deterministic voice and rate per question).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .. import io as rio
+from ..modes import MODES, build_input
+
+TABLE_NAME = "mini_lalm_behaviour.csv"
+TABLE_COLUMNS = ["mode", "label", "refusal_instruction", "refusal_rate", "n"]
+
+
+def judge():
+    from ..evaluation import PhraseJudge
+
+    return PhraseJudge()
+
+
+def test_questions(profile, seed: int = 0) -> pd.DataFrame:
+    """The paper pairs of split == 'test' (the mini model never saw them)."""
+    from ..data import load_questions
+
+    df = load_questions(test_fraction=profile.test_fraction, seed=seed)
+    return df[df["split"] == "test"].reset_index(drop=True)
+
+
+def speech_for(df: pd.DataFrame, profile, seed: int = 0, progress: bool = False) -> dict:
+    """id -> 16 kHz waveform of each question (cached eSpeak NG clips)."""
+    import soundfile as sf
+
+    from ..audio import speak_questions
+
+    spoken = speak_questions(df, voices=profile.tts.voices, rates=profile.tts.rates,
+                             max_seconds=profile.max_audio_seconds, seed=seed, progress=progress)
+    bad = spoken[~spoken["fits_window"]]
+    if len(bad):
+        raise ValueError(f"{len(bad)} questions do not fit the {profile.max_audio_seconds:g} s window: "
+                         f"{list(bad['id'][:3])}")
+    return {r.id: sf.read(r.audio_path, dtype="float32")[0] for r in spoken.itertuples(index=False)}
+
+
+def inputs_for(df: pd.DataFrame, audio: dict | None, mode: str, refusal: bool):
+    return [build_input(r.text, None if mode == "text-only" else audio[r.id], mode, refusal=refusal)
+            for r in df.itertuples(index=False)]
+
+
+def measure(adapter, df: pd.DataFrame, audio: dict | None, *, modes: Sequence[str] = MODES,
+            instructions: Sequence[bool] = (False, True), max_new_tokens: int = 24,
+            batch_size: int = 64, first_token: bool = True, progress: bool = False) -> pd.DataFrame:
+    """One row per (question, mode, refusal_instruction): response, refused, p_I."""
+    j = judge()
+    rows = []
+    for mode in modes:
+        for refusal in instructions:
+            inputs = inputs_for(df, audio, mode, refusal)
+            responses = adapter.generate(inputs, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                         progress=progress)
+            refused = j.judge(list(df["text"]), responses)
+            p_i = (adapter.first_token_probs(inputs, batch_size=batch_size).numpy() if first_token
+                   else np.full(len(inputs), np.nan))
+            for r, resp, ref, p in zip(df.itertuples(index=False), responses, refused, p_i):
+                rows.append({"id": r.id, "label": r.label, "text": r.text, "mode": mode,
+                             "refusal_instruction": bool(refusal), "response": resp, "refused": bool(ref),
+                             "first_word": (resp.split() or [""])[0], "p_I": float(p)})
+    return pd.DataFrame(rows)
+
+
+def behaviour_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """mode, label, refusal_instruction, refusal_rate (0-100), n: one row per combination."""
+    g = rows.groupby(["mode", "label", "refusal_instruction"], sort=False)["refused"]
+    t = g.agg(refusal_rate=lambda s: 100.0 * s.mean(), n="size").reset_index()
+    order = {m: i for i, m in enumerate(("audio-text", "text-only", "audio-only"))}
+    t = t.sort_values(["refusal_instruction", "mode", "label"],
+                      key=lambda c: c.map(order) if c.name == "mode" else c).reset_index(drop=True)
+    t["refusal_rate"] = t["refusal_rate"].round(2)
+    return t[TABLE_COLUMNS]
+
+
+def first_token_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per mode x label x instruction: mean P("I") and share of responses starting with "I"."""
+    r = rows.assign(starts_with_I=rows["response"].str.match(r"^I\b|^I'"))
+    t = (r.groupby(["mode", "label", "refusal_instruction"], sort=False)
+         .agg(mean_p_I=("p_I", "mean"), starts_with_I=("starts_with_I", lambda s: 100.0 * s.mean()),
+              n=("p_I", "size")).reset_index())
+    return t.round(3)
+
+
+def write_behaviour_table(table: pd.DataFrame, profile, *, model: str, seed: int) -> Path:
+    """tables/mini_lalm_behaviour.csv under the profile's output root (RRS_OUTPUT_ROOT
+    honoured), atomically, with its provenance record beside it."""
+    from ..data import data_checksum
+
+    if list(table.columns) != TABLE_COLUMNS:
+        raise ValueError(f"behaviour table columns {list(table.columns)} != {TABLE_COLUMNS}")
+    path = profile.tables_dir / TABLE_NAME
+    out = table.copy()
+    out["refusal_instruction"] = out["refusal_instruction"].map(lambda b: "true" if b else "false")
+    rio.write_text(path, out.to_csv(index=False))
+    rio.write_provenance(path, rio.provenance(profile.name, model, seed, data_checksum(),
+                                              table="mini LALM behaviour on the paper test split",
+                                              judge="PhraseJudge refusal_phrases_v1"))
+    return path
+
+
+def safe_examples(rows: pd.DataFrame, n: int = 3, harmful_tokens: int = 4) -> pd.DataFrame:
+    """A few generations to show: benign in full, harmful cut to their first tokens."""
+    out = []
+    for (mode, instr), g in rows.groupby(["mode", "refusal_instruction"], sort=False):
+        for lab in ("benign", "harmful"):
+            for r in g[g.label == lab].head(n).itertuples(index=False):
+                resp = r.response if lab == "benign" else " ".join(r.response.split()[:harmful_tokens]) + " …"
+                out.append({"mode": mode, "refusal_instruction": instr, "label": lab,
+                            "question": r.text if lab == "benign" else "(harmful question hidden)",
+                            "response": resp})
+    return pd.DataFrame(out)
+
+
+def quick_text_check(model_dir: Path, val_questions, modes=MODES) -> pd.DataFrame:
+    """Development: behaviour on held-out TRAIN questions (BuildConfig.val_fraction)."""
+    from ..profiles import get_profile
+    from . import load_mini
+
+    adapter = load_mini(model_dir)
+    df = pd.DataFrame([{"id": f"val{i:04d}", "text": q.text, "label": q.label} for i, q in enumerate(val_questions)])
+    audio = speech_for(df, get_profile("mini")) if set(modes) - {"text-only"} else None
+    rows = measure(adapter, df, audio, modes=modes, first_token=False)
+    t = behaviour_table(rows)
+    print(t.to_string(index=False))
+    return t

@@ -1,0 +1,613 @@
+"""Build the mini-LALM: a tiny Qwen2-Audio trained from scratch on the CPU.
+
+    python -m rrs.mini.build [--out DIR] [--seed 0] [--minutes N] [--threads 2]
+
+Architecture: transformers' Qwen2AudioForConditionalGeneration (Whisper-style audio
+encoder -> linear projector -> Qwen2 decoder) with a tiny config (BuildConfig), an 8 s
+audio window (rrs.profiles.MINI.max_audio_seconds) and a byte-level BPE tokenizer trained
+on the training corpus. Two stages, as real LALMs are made (OURS):
+
+1. text stage (the "aligned LLM"): harmful questions -> a refusal, benign questions -> the
+   echo answer, any question + the paper's refusal instruction -> a refusal;
+2. audio stage (the "audio alignment", no safety data): transcription of spoken questions
+   and synthetic sentences (harmful ones included: plain ASR, no response), spoken BENIGN
+   questions -> the echo answer (audio-text and audio-only), spoken BENIGN questions + the
+   refusal instruction -> a refusal; text data of stage 1 stays mixed in so the text path
+   keeps its alignment. No spoken harmful question ever gets a refusal or an answer target:
+   the audio gap of the paper comes from this, not from a rule.
+
+Corpus: only split == 'train' rows of the paper pairs plus text generated from word lists
+(rrs.mini.corpus); generated text equal to a held-out question is dropped first.
+
+Robustness: the model is built in a temporary folder beside `--out` and renamed into place
+at the end (a crash never leaves a loadable half-model); training state is checkpointed
+under rrs.paths.cache_dir()/mini-build/<run key>/ and a rerun resumes from it; speech
+features are cached there too.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import io as rio
+from ..modes import REFUSAL_INSTRUCTION, ModelInput
+from ..paths import REPO_ROOT, cache_dir
+from . import corpus as C
+from .speech import MelFeatures, log_mel, synthesize
+
+DEFAULT_OUT = REPO_ROOT / "rrs" / "mini" / "model"
+RECORD = "build_record.json"
+MANIFEST = "training_corpus.json.gz"
+MARKER = "rrs_mini_lalm"
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    seed: int = 0
+    # the split that defines what may be trained on (rrs.data.load_questions)
+    split_seed: int = 0
+    test_fraction: float = 0.2
+    window_seconds: float = 8.0
+    # model
+    vocab_size: int = 2048
+    audio_d_model: int = 128
+    audio_layers: int = 2
+    audio_heads: int = 4
+    audio_ffn_dim: int = 512
+    hidden_size: int = 192
+    num_layers: int = 3
+    num_heads: int = 6
+    num_kv_heads: int = 2
+    intermediate_size: int = 576
+    # corpus
+    synthetic_per_family: int = 700
+    paper_spoken_variants: int = 2     # each train question spoken by this many voice/rate draws
+    spoken_synthetic_benign: int = 1500
+    spoken_synthetic_harmful: int = 600
+    voices: tuple = ("en-us", "en", "en-us+f3", "en+m3")
+    rates: tuple = (150, 170, 190)
+    # training
+    text_steps: int = 500
+    text_batch: int = 64
+    mixed_steps: int = 450
+    audio_batch: int = 24
+    mixed_text_batch: int = 24
+    lr: float = 2e-3
+    warmup: int = 30
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    paper_share: float = 0.5           # share of text questions drawn from the paper's train rows
+    text_mix: tuple = (("harmful_refuse", 0.36), ("benign_answer", 0.44), ("instruction_refuse", 0.20))
+    audio_mix: tuple = (("asr", 0.40), ("audio_text_answer", 0.20), ("audio_only_answer", 0.16),
+                        ("audio_text_instruction", 0.12), ("audio_only_instruction", 0.12))
+    checkpoint_every: int = 100
+    # development only: hold out this share of train groups (never trained on) to measure
+    # generalisation without looking at the test split
+    val_fraction: float = 0.0
+
+
+# ----------------------------------------------------------------------------- corpus
+
+@dataclass
+class Clip:
+    text: str
+    label: str
+    source: str
+    voice: str
+    rate: int
+
+
+@dataclass
+class Corpus:
+    questions: dict                 # label -> source kind ('paper'|'synthetic') -> [Question]
+    clips: list                     # [Clip]
+    dropped: int                    # generated texts dropped as equal to a held-out question
+    val: list = field(default_factory=list)  # held-out train questions (development only)
+
+    def texts(self) -> list[str]:
+        """Every text the model is trained on (tokenizer corpus, manifest)."""
+        out = [C.SYSTEM_PROMPT, REFUSAL_INSTRUCTION, *C.REFUSALS, *C.ANSWER_PROMPTS, *C.ASR_PROMPTS]
+        for by_src in self.questions.values():
+            for qs in by_src.values():
+                for q in qs:
+                    out += [q.text, C.answer_for(q.text)]
+        out += [c.text for c in self.clips] + [C.transcript_for(c.text) for c in self.clips]
+        return list(dict.fromkeys(out))
+
+    def manifest(self) -> dict:
+        qs = sorted({(q.text, q.label, q.source) for by_src in self.questions.values()
+                     for lst in by_src.values() for q in lst})
+        clips = sorted({(c.text, c.label, c.voice, c.rate) for c in self.clips})
+        m = {"questions": [list(q) for q in qs], "spoken": [list(c) for c in clips],
+             "prompts": {"answer": list(C.ANSWER_PROMPTS), "asr": list(C.ASR_PROMPTS),
+                         "system": C.SYSTEM_PROMPT, "refusal_instruction": REFUSAL_INSTRUCTION},
+             "responses": {"refusals": list(C.REFUSALS), "answer_prefix": C.ANSWER_PREFIX},
+             "dropped_as_held_out": self.dropped}
+        m["checksum"] = rio.sha256_json({k: v for k, v in m.items()})
+        return m
+
+
+def split_table(cfg: BuildConfig):
+    from ..data import load_questions
+
+    return load_questions(test_fraction=cfg.test_fraction, seed=cfg.split_seed)
+
+
+def split_checksum(df) -> str:
+    rows = sorted(zip(df["id"].astype(str), df["label"].astype(str), df["split"].astype(str)))
+    return rio.sha256_json(rows)
+
+
+def build_corpus(cfg: BuildConfig, df) -> Corpus:
+    """The training corpus from the split table `df` (only its train rows are read for
+    content; the normalised texts of the other rows serve only to drop collisions)."""
+    train = df[df["split"] == "train"]
+    forbidden = set(df.loc[df["split"] != "train", "norm"])
+    val: list = []
+    if cfg.val_fraction > 0:
+        groups = sorted(set(train["group"]))
+        rng = np.random.default_rng(1000 + cfg.seed)
+        held = set(rng.choice(groups, size=round(cfg.val_fraction * len(groups)), replace=False))
+        val = C.paper_train_questions(train[train["group"].isin(held)])
+        forbidden |= set(train.loc[train["group"].isin(held), "norm"])
+        train = train[~train["group"].isin(held)]
+    paper = C.paper_train_questions(train)
+    synthetic, dropped = C.decontaminate(C.synthetic_questions(cfg.seed, cfg.synthetic_per_family), forbidden)
+    questions = {lab: {"paper": [q for q in paper if q.label == lab],
+                       "synthetic": [q for q in synthetic if q.label == lab]} for lab in ("harmful", "benign")}
+    rng = random.Random(f"mini-clips-{cfg.seed}")
+    clips = []
+    for q in paper:
+        for _ in range(cfg.paper_spoken_variants):
+            clips.append(Clip(q.text, q.label, "paper", *C.spoken_variants(rng, cfg.voices, cfg.rates)))
+    for lab, n in (("benign", cfg.spoken_synthetic_benign), ("harmful", cfg.spoken_synthetic_harmful)):
+        pool = questions[lab]["synthetic"]
+        for q in rng.sample(pool, min(n, len(pool))):
+            clips.append(Clip(q.text, q.label, "synthetic", *C.spoken_variants(rng, cfg.voices, cfg.rates)))
+    return Corpus(questions, clips, len(dropped), val)
+
+
+# ----------------------------------------------------------------------------- speech
+
+def clip_features(corpus: Corpus, feature_extractor, cache: Path | None, progress: bool = True) -> MelFeatures:
+    """Speak every clip (eSpeak NG) and compute its cropped log-mel features (cached)."""
+    key = rio.sha256_json([[c.text, c.voice, c.rate] for c in corpus.clips]
+                          + [feature_extractor.to_dict()["n_samples"], feature_extractor.feature_size])[:16]
+    path = cache / f"features-{key}.pt" if cache else None
+    if path is not None and path.exists():
+        try:
+            d = torch.load(path, weights_only=False)
+            return MelFeatures(d["crops"], d["lengths"], d["pads"], d["window_frames"])
+        except Exception:  # noqa: BLE001 - a damaged cache is rebuilt
+            path.unlink(missing_ok=True)
+    max_samples = feature_extractor.n_samples
+    wavs = []
+    t0 = time.time()
+    for i, c in enumerate(corpus.clips):
+        w = synthesize(c.text, c.voice, c.rate)
+        for fallback in (220, 260, 300):  # as rrs.audio.speak_questions: faster until it fits
+            if len(w) <= max_samples:
+                break
+            w = synthesize(c.text, c.voice, fallback)
+            c.rate = fallback
+        if len(w) > max_samples:
+            raise ValueError(f"{c.text!r} does not fit the {max_samples / 16000:g} s window even at 300 wpm")
+        wavs.append(w)
+        if progress and (i + 1) % 1000 == 0:
+            print(f"[mini] spoke {i + 1}/{len(corpus.clips)} clips ({time.time() - t0:.0f} s)", flush=True)
+    feats = log_mel(wavs, feature_extractor)
+    if path is not None:
+        with rio.atomic_path(path) as tmp:
+            torch.save({"crops": feats.crops, "lengths": feats.lengths, "pads": feats.pads,
+                        "window_frames": feats.window_frames}, tmp)
+    return feats
+
+
+# ----------------------------------------------------------------------------- model
+
+def make_processor_and_model(cfg: BuildConfig, texts: list[str]):
+    from transformers import Qwen2AudioForConditionalGeneration
+
+    from ..models.qwen2_audio import build_qwen2_audio_processor, tiny_qwen2_audio_config
+    from .tokenizer import build_tokenizer, check_tokenizer
+
+    tok = build_tokenizer(texts, vocab_size=cfg.vocab_size)
+    processor = build_qwen2_audio_processor(tok, window_seconds=cfg.window_seconds, num_mel_bins=80)
+    tok = processor.tokenizer
+    check_tokenizer(tok)
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    config = tiny_qwen2_audio_config(
+        len(tok), audio_token_id=tok.convert_tokens_to_ids("<|AUDIO|>"), window_seconds=cfg.window_seconds,
+        num_mel_bins=80, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
+        num_kv_heads=cfg.num_kv_heads, intermediate_size=cfg.intermediate_size,
+        audio_d_model=cfg.audio_d_model, audio_layers=cfg.audio_layers, audio_heads=cfg.audio_heads,
+        audio_ffn_dim=cfg.audio_ffn_dim, max_position_embeddings=1024,
+        pad_token_id=tok.pad_token_id, eos_token_id=im_end)
+    setattr(config, MARKER, True)
+    torch.manual_seed(cfg.seed)
+    model = Qwen2AudioForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = im_end
+    model.generation_config.bos_token_id = None
+    return processor, model
+
+
+class Batcher:
+    """Token ids exactly as the adapter's `prepare` builds them (same chat template, one
+    <|AUDIO|> per audio frame after pooling), response + <|im_end|> as labels."""
+
+    def __init__(self, processor, model):
+        from ..models.qwen2_audio import Qwen2AudioAdapter
+
+        self.adapter = Qwen2AudioAdapter(model, processor, model_id="mini-lalm-build")
+        self.tok = processor.tokenizer
+        self.audio_id = self.tok.convert_tokens_to_ids("<|AUDIO|>")
+        self.im_end = self.tok.convert_tokens_to_ids("<|im_end|>")
+        self.pad = self.tok.pad_token_id
+        self._prompt_cache: dict = {}
+        self._resp_cache: dict = {}
+
+    def prompt_ids(self, text: str | None, audio: bool, mode: str) -> list[int]:
+        key = (text, audio, mode)
+        if key not in self._prompt_cache:
+            x = ModelInput(text=text, audio=np.zeros(1, np.float32) if audio else None, mode=mode)
+            chat = self.adapter.chat_texts([x])[0]
+            self._prompt_cache[key] = self.tok.encode(chat, add_special_tokens=False)
+        return self._prompt_cache[key]
+
+    def response_ids(self, response: str) -> list[int]:
+        if response not in self._resp_cache:
+            self._resp_cache[response] = self.tok.encode(response, add_special_tokens=False) + [self.im_end]
+        return self._resp_cache[response]
+
+    def collate(self, examples, feats: MelFeatures | None = None, frames: int | None = None) -> dict:
+        """examples: (text | None, clip index | None, mode, response). Right padded."""
+        rows, labels = [], []
+        clip_idx = [e[1] for e in examples if e[1] is not None]
+        n_audio = {}
+        if clip_idx:
+            for i in clip_idx:
+                l1 = (int(feats.lengths[i]) - 1) // 2 + 1
+                n_audio[i] = (l1 - 2) // 2 + 1
+        for text, clip, mode, response in examples:
+            p = self.prompt_ids(text, clip is not None, mode)
+            if clip is not None:
+                k = p.index(self.audio_id)
+                p = p[:k] + [self.audio_id] * n_audio[clip] + p[k + 1:]
+            r = self.response_ids(response)
+            rows.append(p + r)
+            labels.append([-100] * len(p) + r)
+        L = max(len(r) for r in rows)
+        ids = torch.full((len(rows), L), self.pad, dtype=torch.long)
+        lab = torch.full((len(rows), L), -100, dtype=torch.long)
+        att = torch.zeros((len(rows), L), dtype=torch.long)
+        for b, (r, l) in enumerate(zip(rows, labels)):
+            ids[b, : len(r)] = torch.tensor(r)
+            lab[b, : len(l)] = torch.tensor(l)
+            att[b, : len(r)] = 1
+        out = {"input_ids": ids, "attention_mask": att, "labels": lab}
+        if clip_idx:
+            out["input_features"], out["feature_attention_mask"] = feats.batch(clip_idx, frames)
+        return out
+
+
+def encode_audio(model, input_features, feature_attention_mask) -> torch.Tensor:
+    """Projected audio embeddings of the valid frames, concatenated over the batch: the
+    computation of Qwen2AudioModel.forward, but on as many mel frames as the batch needs
+    (the encoder insists on the full window; masking makes the valid outputs identical)."""
+    from transformers.masking_utils import create_bidirectional_mask
+
+    tower = model.model.audio_tower
+    lengths = feature_attention_mask.sum(-1)
+    l1, lout = tower._get_feat_extract_output_lengths(lengths)
+    x = F.gelu(tower.conv1(input_features))
+    x = F.gelu(tower.conv2(x)).permute(0, 2, 1)
+    x = x + tower.embed_positions.weight[: x.shape[1]]
+    mask2d = (torch.arange(x.shape[1])[None, :] < l1[:, None]).long()
+    mask = create_bidirectional_mask(config=tower.config, inputs_embeds=x, attention_mask=mask2d)
+    for layer in tower.layers:
+        x = layer(x, mask)
+    x = tower.avg_pooler(x.permute(0, 2, 1)).permute(0, 2, 1)
+    x = tower.layer_norm(x)
+    a = model.model.multi_modal_projector(x)
+    valid = torch.arange(a.shape[1])[None, :] < lout[:, None]
+    return a[valid]
+
+
+def loss_fn(model, batch, audio_id: int) -> torch.Tensor:
+    ids = batch["input_ids"]
+    emb = model.model.get_input_embeddings()(ids)
+    if "input_features" in batch:
+        a = encode_audio(model, batch["input_features"], batch["feature_attention_mask"])
+        emb = emb.masked_scatter((ids == audio_id)[..., None], a.to(emb.dtype))
+    pos = torch.arange(ids.shape[1])[None, :].expand_as(ids)
+    h = model.model.language_model(inputs_embeds=emb, attention_mask=batch["attention_mask"],
+                                   position_ids=pos, use_cache=False).last_hidden_state
+    labels = batch["labels"][:, 1:]
+    sel = labels != -100
+    logits = model.lm_head(h[:, :-1][sel])
+    return F.cross_entropy(logits.float(), labels[sel])
+
+
+# ----------------------------------------------------------------------------- sampling
+
+class Sampler:
+    """Stateless example sampler: the examples of step s depend only on (seed, stage, s),
+    so a resumed build draws exactly what an uninterrupted one would."""
+
+    def __init__(self, cfg: BuildConfig, corpus: Corpus):
+        self.cfg = cfg
+        self.q = corpus.questions
+        self.clips = corpus.clips
+        self.benign_clips = [i for i, c in enumerate(corpus.clips) if c.label == "benign"]
+
+    def _question(self, rng, label):
+        src = "paper" if rng.random() < self.cfg.paper_share and self.q[label]["paper"] else "synthetic"
+        pool = self.q[label][src]
+        return pool[rng.integers(len(pool))]
+
+    def _refusal(self, rng):
+        return C.REFUSALS[rng.integers(len(C.REFUSALS))]
+
+    def text_examples(self, rng, n):
+        kinds, p = zip(*self.cfg.text_mix)
+        out = []
+        for kind in rng.choice(kinds, size=n, p=np.array(p) / sum(p)):
+            if kind == "harmful_refuse":
+                q = self._question(rng, "harmful")
+                out.append((q.text, None, "text-only", self._refusal(rng)))
+            elif kind == "benign_answer":
+                q = self._question(rng, "benign")
+                out.append((q.text, None, "text-only", C.answer_for(q.text)))
+            else:
+                q = self._question(rng, "harmful" if rng.random() < 0.5 else "benign")
+                out.append((q.text.strip() + REFUSAL_INSTRUCTION, None, "text-only", self._refusal(rng)))
+        return out
+
+    def audio_examples(self, rng, n):
+        kinds, p = zip(*self.cfg.audio_mix)
+        out = []
+        for kind in rng.choice(kinds, size=n, p=np.array(p) / sum(p)):
+            if kind == "asr":
+                i = int(rng.integers(len(self.clips)))
+                prompt = C.ASR_PROMPTS[rng.integers(len(C.ASR_PROMPTS))]
+                out.append((prompt, i, "audio-text", C.transcript_for(self.clips[i].text)))
+                continue
+            i = self.benign_clips[rng.integers(len(self.benign_clips))]
+            text = self.clips[i].text
+            prompt = C.ANSWER_PROMPTS[rng.integers(len(C.ANSWER_PROMPTS))]
+            if kind == "audio_text_answer":
+                out.append((prompt, i, "audio-text", C.answer_for(text)))
+            elif kind == "audio_only_answer":
+                out.append((None, i, "audio-only", C.answer_for(text)))
+            elif kind == "audio_text_instruction":
+                out.append((prompt + REFUSAL_INSTRUCTION, i, "audio-text", self._refusal(rng)))
+            else:
+                out.append((REFUSAL_INSTRUCTION.strip(), i, "audio-only", self._refusal(rng)))
+        return out
+
+
+def lr_at(cfg: BuildConfig, step: int, total: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, total - cfg.warmup)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+# ----------------------------------------------------------------------------- build
+
+def run_key(cfg: BuildConfig, corpus_checksum: str) -> str:
+    import transformers
+
+    return rio.sha256_json({"config": asdict(cfg), "corpus": corpus_checksum, "torch": torch.__version__,
+                            "transformers": transformers.__version__, "format": FORMAT})[:16]
+
+
+def _save_state(path: Path, model, opt, stage: str, step: int, steps: dict, log: list):
+    with rio.atomic_path(path) as tmp:
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "stage": stage, "step": step,
+                    "steps": steps, "log": log}, tmp)
+
+
+def train(cfg: BuildConfig, model, batcher: Batcher, sampler: Sampler, feats: MelFeatures, *,
+          state_dir: Path | None, deadline: float | None, progress: bool = True) -> dict:
+    """Stage 'text' then stage 'mixed'. Returns the training log."""
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    steps = {"text": cfg.text_steps, "mixed": cfg.mixed_steps}
+    stage, start, log = "text", 0, []
+    state_path = state_dir / "state.pt" if state_dir else None
+    if state_path is not None and state_path.exists():
+        try:
+            st = torch.load(state_path, weights_only=False)
+            model.load_state_dict(st["model"])
+            opt.load_state_dict(st["opt"])
+            stage, start, steps, log = st["stage"], st["step"], st["steps"], st["log"]
+            print(f"[mini] resuming from {state_path} at {stage} step {start}", flush=True)
+        except Exception as e:  # noqa: BLE001 - a damaged checkpoint is ignored
+            print(f"[mini] ignoring unreadable checkpoint {state_path}: {e}", flush=True)
+            stage, start, log = "text", 0, []
+    model.train()
+    order = ("text", "mixed")
+    for st_name in order[order.index(stage):]:
+        s0 = start if st_name == stage else 0
+        t_stage = time.time()
+        s = s0
+        while s < steps[st_name]:
+            rng = np.random.default_rng([cfg.seed, order.index(st_name), s])
+            for g in opt.param_groups:
+                g["lr"] = lr_at(cfg, s, steps[st_name])
+            if st_name == "text":
+                batch = batcher.collate(sampler.text_examples(rng, cfg.text_batch))
+                loss = loss_fn(model, batch, batcher.audio_id)
+                parts = {"text": loss.item()}
+            else:
+                a = batcher.collate(sampler.audio_examples(rng, cfg.audio_batch), feats)
+                t = batcher.collate(sampler.text_examples(rng, cfg.mixed_text_batch))
+                la, lt = loss_fn(model, a, batcher.audio_id), loss_fn(model, t, batcher.audio_id)
+                loss = la + lt
+                parts = {"audio": la.item(), "text": lt.item()}
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            opt.step()
+            s += 1
+            log.append({"stage": st_name, "step": s, **{k: round(v, 4) for k, v in parts.items()}})
+            # time budget: after a few steps of the last stage, shrink it to fit
+            if deadline is not None and st_name == "mixed" and s == s0 + 5:
+                per = (time.time() - t_stage) / 5
+                fit = s + int((deadline - time.time()) / per)
+                if fit < steps["mixed"]:
+                    print(f"[mini] time budget: mixed stage cut from {steps['mixed']} to {max(fit, s)} steps", flush=True)
+                    steps["mixed"] = max(fit, s)
+            if progress and (s % 50 == 0 or s == steps[st_name]):
+                avg = {k: np.mean([r[k] for r in log[-50:] if k in r]) for k in parts}
+                print(f"[mini] {st_name} {s}/{steps[st_name]} " + " ".join(f"{k}={v:.3f}" for k, v in avg.items())
+                      + f" ({time.time() - t_stage:.0f} s)", flush=True)
+            if state_path is not None and s % cfg.checkpoint_every == 0 and s < steps[st_name]:
+                _save_state(state_path, model, opt, st_name, s, steps, log)
+        if state_path is not None:
+            nxt = order.index(st_name) + 1
+            if nxt < len(order):
+                _save_state(state_path, model, opt, order[nxt], 0, steps, log)
+    model.eval()
+    return {"steps": steps, "log": log}
+
+
+def _file_hashes(folder: Path) -> dict:
+    return {p.name: rio.sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != RECORD}
+
+
+def publish(tmp: Path, out: Path) -> None:
+    """Move a finished build into place (the old one is removed only after)."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def build(out: Path = DEFAULT_OUT, cfg: BuildConfig = BuildConfig(), *, minutes: float | None = None,
+          threads: int = 2, resume: bool = True, progress: bool = True) -> dict:
+    """Build the mini-LALM into `out`; returns the build record."""
+    import tokenizers
+    import transformers
+
+    t0 = time.time()
+    deadline = t0 + 60 * minutes if minutes else None
+    torch.set_num_threads(threads)
+    torch.manual_seed(cfg.seed)
+    out = Path(out).resolve()
+    df = split_table(cfg)
+    corpus = build_corpus(cfg, df)
+    manifest = corpus.manifest()
+    n_q = {lab: {k: len(v) for k, v in d.items()} for lab, d in corpus.questions.items()}
+    if progress:
+        print(f"[mini] corpus: questions {n_q}, {len(corpus.clips)} clips, "
+              f"{corpus.dropped} generated texts dropped as held-out", flush=True)
+    key = run_key(cfg, manifest["checksum"])
+    cache = cache_dir() / "mini-build"
+    state_dir = cache / key if resume else None
+    if state_dir:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    processor, model = make_processor_and_model(cfg, corpus.texts())
+    t_feat = time.time()
+    feats = clip_features(corpus, processor.feature_extractor, cache if resume else None, progress=progress)
+    if progress:
+        print(f"[mini] speech + features: {time.time() - t_feat:.0f} s; model "
+              f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters", flush=True)
+    batcher = Batcher(processor, model)
+    result = train(cfg, model, batcher, Sampler(cfg, corpus), feats, state_dir=state_dir,
+                   deadline=deadline, progress=progress)
+
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        with gzip.open(tmp / MANIFEST, "wt", encoding="utf-8", compresslevel=9) as f:
+            # mtime=0 via GzipFile would be nicer; content checksum is inside the manifest
+            json.dump(manifest, f, sort_keys=True)
+        record = {
+            MARKER: True, "format": FORMAT, "seed": cfg.seed, "config": asdict(cfg),
+            "steps": result["steps"], "final_losses": result["log"][-1] if result["log"] else None,
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "tokenizers": tokenizers.__version__, "python": platform.python_version(),
+            "threads": threads, "corpus_checksum": manifest["checksum"],
+            "split_checksum": split_checksum(df), "questions": n_q, "clips": len(corpus.clips),
+            "dropped_as_held_out": corpus.dropped, "parameters": sum(p.numel() for p in model.parameters()),
+            "build_seconds": round(time.time() - t0, 1), "minutes_budget": minutes,
+            "git_commit": rio.git_commit(), "built_at": rio.utc_now(),
+        }
+        record["files"] = _file_hashes(tmp)
+        rio.write_json(tmp / RECORD, record)
+        publish(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if state_dir:
+        shutil.rmtree(state_dir, ignore_errors=True)
+    if progress:
+        print(f"[mini] built {out} in {record['build_seconds']:.0f} s", flush=True)
+    record["_val"] = corpus.val
+    return record
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m rrs.mini.build", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=str(DEFAULT_OUT), help="model folder (default: rrs/mini/model)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--minutes", type=float, default=None,
+                    help="wall-clock budget for the whole build; the audio stage is shortened to fit")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    ap.add_argument("--no-resume", action="store_true", help="ignore cached features and checkpoints")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a BuildConfig field (development), e.g. --set mixed_steps=300")
+    return ap.parse_args(argv)
+
+
+def config_from_args(args) -> BuildConfig:
+    cfg = BuildConfig(seed=args.seed)
+    over = {}
+    fields = {f: type(v) for f, v in asdict(cfg).items()}
+    for item in args.set:
+        k, _, v = item.partition("=")
+        if k not in fields:
+            raise SystemExit(f"rrs.mini.build: unknown config field {k!r}")
+        over[k] = json.loads(v) if fields[k] in (tuple, list) else fields[k](v)
+        if fields[k] is tuple:
+            over[k] = tuple(tuple(x) if isinstance(x, list) else x for x in over[k])
+    return replace(cfg, **over)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cfg = config_from_args(args)
+    record = build(Path(args.out), cfg, minutes=args.minutes, threads=args.threads, resume=not args.no_resume)
+    val = record.pop("_val")
+    if val:
+        from .behaviour import quick_text_check
+
+        quick_text_check(Path(args.out), val)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

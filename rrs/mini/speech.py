@@ -1,0 +1,116 @@
+"""Fast speech and features for the mini-LALM build (identical to the evaluation path).
+
+- `synthesize`: eSpeak NG through rrs.audio's engine, resampled to 16 kHz with one cached
+  torchaudio kernel; the same samples as rrs.audio.speak (which builds the kernel anew on
+  every call, ~10x slower). Tested equal in tests/test_mini.py.
+- `MelFeatures`: Whisper log-mel features exactly as the processor's WhisperFeatureExtractor
+  computes them for a clip padded to the model's window, but batched in torch and kept
+  *cropped* (valid frames + a margin) with the per-clip padding value, so a training
+  batch only carries the frames it needs. `window()` rebuilds the full padded features.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .. import audio as raudio
+
+HOP = 160
+N_FFT = 400
+MARGIN = 8  # frames kept beyond the valid ones (the convolutions look 1-3 frames ahead)
+
+
+class _Resampler:
+    def __init__(self):
+        self._cache = {}
+
+    def __call__(self, wav: np.ndarray, sr: int) -> np.ndarray:
+        if sr == raudio.SAMPLE_RATE:
+            return wav.astype(np.float32)
+        if sr not in self._cache:
+            import torchaudio
+
+            self._cache[sr] = torchaudio.transforms.Resample(sr, raudio.SAMPLE_RATE)
+        with torch.no_grad():
+            return self._cache[sr](torch.from_numpy(wav.astype(np.float32))).numpy()
+
+
+_RESAMPLE = _Resampler()
+
+
+def synthesize(text: str, voice: str, rate: int) -> np.ndarray:
+    """eSpeak NG speech of `text` at 16 kHz mono float32 (same samples as rrs.audio.speak)."""
+    if not text or not text.strip():
+        raise ValueError("cannot speak an empty text")
+    engine = raudio._engine()
+    return _RESAMPLE(engine.synth(text.strip(), voice, rate), engine.sample_rate)
+
+
+@dataclass
+class MelFeatures:
+    """Cropped log-mel features of many clips: crops[i] is [n_mels, frames_i + MARGIN]
+    (float16), lengths[i] the valid frames (what the processor's feature_attention_mask
+    sums to), pads[i] the value every frame after the crop has in the padded window."""
+
+    crops: list
+    lengths: np.ndarray
+    pads: np.ndarray
+    window_frames: int
+
+    def batch(self, idx, frames: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_features [B, n_mels, T], feature_attention_mask [B, T]) for clips `idx`.
+
+        T = `frames` or the smallest multiple of 4 covering every crop of the batch; with
+        T = window_frames this is exactly what the processor gives."""
+        idx = list(idx)
+        need = max(self.crops[i].shape[1] for i in idx)
+        T = frames or min(self.window_frames, 4 * math.ceil(need / 4))
+        n_mels = self.crops[idx[0]].shape[0]
+        out = torch.empty(len(idx), n_mels, T, dtype=torch.float32)
+        mask = torch.zeros(len(idx), T, dtype=torch.long)
+        for b, i in enumerate(idx):
+            c = torch.from_numpy(self.crops[i][:, :T].astype(np.float32))
+            out[b, :, : c.shape[1]] = c
+            out[b, :, c.shape[1]:] = float(self.pads[i])
+            mask[b, : int(self.lengths[i])] = 1
+        return out, mask
+
+
+def log_mel(wavs: list[np.ndarray], feature_extractor, batch_size: int = 64) -> MelFeatures:
+    """Whisper log-mel features of `wavs` (each must fit the extractor's window)."""
+    fe = feature_extractor
+    n_samples, window_frames = fe.n_samples, fe.nb_max_frames
+    mel = torch.from_numpy(np.asarray(fe.mel_filters, dtype=np.float32))  # [n_fft//2+1, n_mels]
+    hann = torch.hann_window(N_FFT)
+    crops, lengths, pads = [None] * len(wavs), np.zeros(len(wavs), np.int64), np.zeros(len(wavs), np.float32)
+    order = sorted(range(len(wavs)), key=lambda i: len(wavs[i]))
+    for s in range(0, len(order), batch_size):
+        chunk = order[s:s + batch_size]
+        longest = max(len(wavs[i]) for i in chunk)
+        if longest > n_samples:
+            raise ValueError(f"a clip of {longest / raudio.SAMPLE_RATE:.2f} s is longer than the "
+                             f"{n_samples / raudio.SAMPLE_RATE:g} s window")
+        frames_needed = min(window_frames, math.ceil(longest / HOP) + MARGIN)
+        # zeros after the signal, enough that the STFT's reflect padding at the end sees only
+        # zeros up to the last kept frame: then those frames equal the full-window ones
+        n = min(n_samples, frames_needed * HOP + N_FFT)
+        x = torch.zeros(len(chunk), n)
+        for b, i in enumerate(chunk):
+            x[b, : len(wavs[i])] = torch.from_numpy(np.asarray(wavs[i], np.float32))
+        with torch.no_grad():
+            stft = torch.stft(x, N_FFT, HOP, window=hann, return_complex=True)
+            mag = (stft[..., :-1].abs() ** 2)
+            spec = torch.clamp(mel.T @ mag, min=1e-10).log10()  # [B, n_mels, frames]
+            # the max over the whole padded window: padding frames are log10(1e-10) = -10
+            mx = spec.amax(dim=(1, 2), keepdim=True)
+            spec = (torch.maximum(spec, mx - 8.0) + 4.0) / 4.0
+        for b, i in enumerate(chunk):
+            valid = math.ceil(len(wavs[i]) / HOP)
+            keep = min(window_frames, valid + MARGIN)
+            crops[i] = spec[b, :, :keep].numpy().astype(np.float16)
+            lengths[i] = min(valid, window_frames)
+            pads[i] = (max(mx[b].item() - 8.0, -10.0) + 4.0) / 4.0
+    return MelFeatures(crops, lengths, pads, window_frames)

@@ -1,0 +1,113 @@
+"""Qwen-Audio-Chat (the paper's first-generation model), through its hub remote code.
+
+Qwen/Qwen-Audio-Chat ships its own modelling and tokenizer code (modeling_qwen.py,
+tokenization_qwen.py), written for transformers 4.x (it imports APIs that transformers 5
+removed). So:
+
+- it loads only with an explicit `trust_remote_code=True` AND a `revision=` commit you
+  have reviewed (the code runs on your machine; a pinned commit cannot change under you);
+- under transformers >= 5 (this project's main environment) loading raises an error that
+  names the separate environment it needs: Python 3.10/3.11 with
+  `pip install "transformers>=4.32,<4.50" "peft>=0.10,<0.14" tiktoken transformers_stream_generator
+  soundfile` plus this package installed with `pip install --no-deps -e .`, and ffmpeg on
+  the PATH (its tokenizer reads audio files through ffmpeg).
+
+What the adapter does in that environment (NOT exercised by this project's tests, which
+run under transformers 5; only the opt-in checks and the transformers-5 error are tested):
+the chat is ChatML with system "You are a helpful assistant."; the user turn is
+`tokenizer.from_list_format([{"audio": path}, {"text": ...}])`; each waveform is written to
+a temporary 16 kHz WAV because the tokenizer only takes paths; `tokenizer.process_audio`
+gives the per-row `audio_info` list that the model's forward and generate take. The LLM is
+`model.transformer` (its `last_hidden_state` is after the final RMSNorm `ln_f`), the LM
+head is `model.lm_head`, and LoRA targets `transformer.h.N.attn.{c_attn,c_proj}` and
+`transformer.h.N.mlp.{w1,w2,c_proj}` (the audio encoder lives in `transformer.audio`).
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import transformers
+from transformers import BatchFeature
+
+from ..modes import ModelInput
+from .base import QWEN1_LLM_LORA_PATTERN, SAMPLE_RATE, LALMAdapter, torch_dtype
+
+SEPARATE_ENV = ('a separate environment with transformers 4.x: pip install "transformers>=4.32,<4.50" '
+                '"peft>=0.10,<0.14" tiktoken transformers_stream_generator soundfile, then '
+                '`pip install --no-deps -e .` of this repository (see rrs/models/qwen_audio_chat.py)')
+
+
+def check_remote_code_allowed(model_id: str, trust_remote_code: bool, revision: str | None) -> None:
+    if not trust_remote_code:
+        raise ValueError(f"{model_id} runs code from its hub repository: opt in with trust_remote_code=True")
+    if not revision:
+        raise ValueError(f"{model_id}: pin the reviewed commit of its remote code with revision='<40-hex sha>'")
+
+
+def check_transformers_4() -> None:
+    major = int(transformers.__version__.split(".")[0])
+    if major >= 5:
+        raise RuntimeError(f"Qwen-Audio-Chat's remote code targets transformers 4.x, but transformers "
+                           f"{transformers.__version__} is installed. Run it in {SEPARATE_ENV}.")
+
+
+class QwenAudioChatAdapter(LALMAdapter):
+    lora_target_pattern = QWEN1_LLM_LORA_PATTERN
+    system_prompt = "You are a helpful assistant."
+    remote_code = True
+
+    @classmethod
+    def load(cls, path_or_id, *, model_id, device="cpu", dtype="float32", revision=None,
+             local_files_only=False, trust_remote_code=False):
+        check_remote_code_allowed(model_id, trust_remote_code, revision if not Path(path_or_id).is_dir() else "local")
+        check_transformers_4()
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        kw = dict(revision=revision, local_files_only=local_files_only, trust_remote_code=True)
+        tokenizer = AutoTokenizer.from_pretrained(path_or_id, **kw)
+        tokenizer.pad_token_id = tokenizer.eod_id
+        model = AutoModelForCausalLM.from_pretrained(path_or_id, torch_dtype=torch_dtype(dtype), **kw).to(device)
+        processor = type("QwenAudioTokenizerOnly", (), {"tokenizer": tokenizer})()
+        adapter = cls(model, processor, model_id=model_id, device=device, dtype=dtype, revision=revision)
+        adapter._wav_dir = tempfile.TemporaryDirectory(prefix="rrs-qwen-audio-")
+        return adapter
+
+    def _wav_path(self, audio: np.ndarray) -> str:
+        import hashlib
+
+        import soundfile as sf
+
+        path = Path(self._wav_dir.name) / (hashlib.sha1(audio.tobytes()).hexdigest() + ".wav")
+        if not path.exists():
+            sf.write(path, audio, SAMPLE_RATE)
+        return str(path)
+
+    def chat_texts(self, inputs: Sequence[ModelInput]) -> list[str]:
+        texts = []
+        for x in inputs:
+            parts = ([{"audio": self._wav_path(np.asarray(x.audio, np.float32))}] if x.audio is not None else [])
+            parts += [{"text": x.text}] if x.text else []
+            query = self.tokenizer.from_list_format(parts)
+            texts.append(f"<|im_start|>system\n{self.system_prompt}<|im_end|>\n"
+                         f"<|im_start|>user\n{query}<|im_end|>\n<|im_start|>assistant\n")
+        return texts
+
+    def _encode(self, texts, audios):
+        self.tokenizer.padding_side = "left"
+        infos = [self.tokenizer.process_audio(t) for t in texts]
+        enc = self.tokenizer(texts, return_tensors="pt", padding="longest", audio_info=infos)
+        batch = BatchFeature({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}).to(self.device)
+        present = [i for i in infos if i is not None]
+        batch["audio_info"] = present or None  # the model concatenates them in row order
+        return batch
+
+    def backbone(self, model):
+        from .base import unwrap
+
+        return unwrap(model).transformer
+
+    def generation_kwargs(self) -> dict:
+        return dict(pad_token_id=self.tokenizer.eod_id, eos_token_id=[self.tokenizer.im_end_id, self.tokenizer.eod_id])

@@ -1,0 +1,397 @@
+"""Cached stage artifacts, so that every notebook runs on its own.
+
+A notebook asks for what an earlier stage made (the safety features of notebook 03, the
+RRS and SFT checkpoints of notebook 04, ...) through these functions: each returns the
+artifact from the on-disk cache when it exists and is complete, and otherwise rebuilds
+it through the same code the earlier notebook ran. Keys hash everything the artifact
+depends on (the model's id, dtype and weights fingerprint, the training questions and
+their clips, the mask, the dataset structure, the seed and the training configuration),
+so a stale artifact is never returned.
+
+    P, adapter, questions = stages.setup("mini", seed=0)
+    features = stages.safety_features(adapter, questions, P, seed)          # Δ, c, mask, δ
+    ckpt = stages.method_checkpoint(adapter, questions, P, seed, "rrs")     # .../epoch_N
+    model = stages.load_method(adapter, questions, P, seed, "rrs")          # peft model
+
+Layout under rrs.paths.cache_dir(): features/<key>.pt and checkpoints/<key>/ (one folder
+per training run: epoch_1 ... epoch_N, training_state.pt, loss_log.json, stage.json).
+The epoch count is not part of a run's key: asking for more epochs than a run holds
+resumes it (the learning rate is constant and the batch order depends on (seed, epoch)
+only, so this equals a longer uninterrupted run); asking for fewer returns an earlier
+epoch's folder. An interrupted run is resumed after its last complete epoch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from . import data
+from . import io as rio
+from .features import SafetyFeatures
+from .modes import H0_PROMPT, MODES, REFUSAL_INSTRUCTION, TRAINING_PROMPTS, check_mode
+from .paths import cache_dir
+from .profiles import Profile, get_profile
+
+FEATURES_MODE = "audio-text"  # PAPER.md: Δ is read from the spoken questions + the H0 prompt
+STAGE_RECORD = "stage.json"
+STAGES_FORMAT = 1  # bump to invalidate every cached stage artifact
+
+# method name -> how its checkpoint is made (notebooks 05-07 use these names)
+METHODS: dict[str, dict | None] = {
+    "vanilla": None,
+    "rrs": {"kind": "rrs", "top_m": None, "structure": "mirror"},
+    "sft_refusal": {"kind": "sft", "sft": "refusal"},
+    "sft_mixed": {"kind": "sft", "sft": "mixed"},
+    "rrs_top12.5": {"kind": "rrs", "top_m": 12.5, "structure": "mirror"},
+    "rrs_top25": {"kind": "rrs", "top_m": 25.0, "structure": "mirror"},
+    "rrs_top50": {"kind": "rrs", "top_m": 50.0, "structure": "mirror"},
+    "rrs_basic": {"kind": "rrs", "top_m": None, "structure": "basic"},
+    "rrs_parallel": {"kind": "rrs", "top_m": None, "structure": "parallel"},
+}
+SFT_KINDS = ("refusal", "mixed")
+
+
+# ----------------------------------------------------------------------------- setup
+
+def _profile(profile) -> Profile:
+    return profile if isinstance(profile, Profile) else get_profile(profile)
+
+
+def setup(profile="mini", seed: int = 0, model: str | None = None, device: str | None = None,
+          dtype: str | None = None, n_train: int | None = None, *, n_test: int | None = None,
+          progress: bool = True):
+    """(P, adapter, questions): the profile, the loaded model and the prepared questions.
+
+    `model` defaults to the profile's first model (a registered id or a local folder);
+    `device` / `dtype` default to the profile's. `n_train` caps the training pairs and
+    `n_test` the questions of each test set (both for quick runs and tests; None keeps
+    the profile's caps).
+    """
+    from .models import load_adapter
+
+    P = _profile(profile)
+    if n_train is not None:
+        n_train = int(n_train)
+        P = dataclasses.replace(P, max_train_pairs=min(n_train, P.max_train_pairs or n_train))
+    if n_test is not None:
+        n_test = int(n_test)
+        P = dataclasses.replace(P, max_eval_questions=min(n_test, P.max_eval_questions or n_test))
+    device = device or P.device
+    dtype = dtype or P.dtype
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"profile {P.name!r} runs on {device!r}, but no CUDA GPU is visible here; "
+                           "pass device='cpu' (and dtype='float32') to run it on the CPU")
+    questions = data.prepare_dataset(P, seed=seed, progress=progress)
+    adapter = load_adapter(model or P.default_model, device=device, dtype=dtype)
+    return P, adapter, questions
+
+
+# ----------------------------------------------------------------------------- keys
+
+def model_key(adapter) -> dict:
+    """What identifies the vanilla model: id, revision, dtype and weights fingerprint."""
+    from .models.base import weights_fingerprint
+
+    with adapter.vanilla():
+        weights = weights_fingerprint(adapter.model)
+    return {"model_id": adapter.model_id, "revision": getattr(adapter, "revision", None),
+            "dtype": str(adapter.dtype).replace("torch.", ""), "weights": weights}
+
+
+def items_digest(items: pd.DataFrame) -> str:
+    """Checksum of a table of questions as a stage uses them: id, label, text, modality and
+    the clip (its file name is the hash of text, voice, rate and TTS engine)."""
+    rows = []
+    for row in items.itertuples(index=False):
+        audio = getattr(row, "audio_path", None)
+        rows.append([str(row.id), row.label, row.text, getattr(row, "modality", "audio"),
+                     Path(audio).name if isinstance(audio, str) and audio else None])
+    return rio.sha256_json(rows)[:16]
+
+
+def _train_config(P: Profile) -> dict:
+    cfg = dataclasses.asdict(P.train)
+    cfg.pop("epochs")
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
+
+
+def _key(parts: dict) -> str:
+    return rio.sha256_json({"format": STAGES_FORMAT, **parts})[:20]
+
+
+# ----------------------------------------------------------------------------- data
+
+def train_questions(questions: pd.DataFrame) -> pd.DataFrame:
+    """The training split's questions whose clips fit the model's window."""
+    train = questions[questions["split"] == "train"]
+    if "fits_window" in train:
+        too_long = ~train["fits_window"].astype(bool)
+        if too_long.any():
+            warnings.warn(f"{int(too_long.sum())} training clips do not fit the audio window; left out",
+                          stacklevel=3)
+            train = train[~too_long]
+    if train.empty:
+        raise ValueError("no training questions (split == 'train') in the questions table")
+    return train.reset_index(drop=True)
+
+
+def training_items(questions: pd.DataFrame, structure: str = "mirror", seed: int = 0) -> pd.DataFrame:
+    """Training items of one dataset structure (rrs.data.dataset_structure; `modality`
+    column: 'audio' or 'text'), from the training split."""
+    return data.dataset_structure(train_questions(questions), structure, seed=seed).reset_index(drop=True)
+
+
+def split_questions(questions: pd.DataFrame, split: str = "test", label: str | None = None) -> pd.DataFrame:
+    """Rows of one split (and label), in table order."""
+    rows = questions[questions["split"] == split]
+    if label is not None:
+        rows = rows[rows["label"] == label]
+    if rows.empty:
+        raise ValueError(f"no questions with split={split!r}" + (f" and label={label!r}" if label else ""))
+    return rows.reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- representations
+
+def representations(adapter, rows: pd.DataFrame, mode: str, *, refusal: bool = False,
+                    prompt: str | None = H0_PROMPT, model=None, batch_size: int = 16,
+                    progress: bool = True) -> torch.Tensor:
+    """h(x) ([N, H], float32) of `rows` in one input mode, through the representation cache.
+
+    The audio-text prompt is the H0 prompt of the paper by default; `refusal=True` appends
+    the refusal instruction; `model=` a peft model reads the fine-tuned representations.
+    """
+    from .representations import extract, question_inputs
+
+    check_mode(mode)
+    inputs = question_inputs(rows, mode, prompt=prompt, refusal=refusal)
+    parts = {"ids": list(map(str, rows["id"])), "mode": mode, "prompt": prompt, "refusal": refusal}
+    return extract(adapter, inputs, cache_key_parts=parts, batch_size=batch_size, progress=progress, model=model)
+
+
+@torch.no_grad()
+def refusal_token_probs(adapter, h: torch.Tensor, model=None) -> torch.Tensor:
+    """[N] probability of "I" as the first response token, from representations h(x) (the
+    LM head is never adapted by LoRA, so this equals adapter.first_token_probs)."""
+    head = adapter.lm_head(model)
+    logits = head(torch.as_tensor(h).to(adapter.device, head.weight.dtype)).float()
+    return torch.softmax(logits, dim=-1)[:, adapter.refusal_token_id()].cpu()
+
+
+# ----------------------------------------------------------------------------- safety features
+
+def features_path(adapter, questions: pd.DataFrame, top_m: float | None = None) -> Path:
+    key = _key({"stage": "features", "model": model_key(adapter), "items": items_digest(train_questions(questions)),
+                "mode": FEATURES_MODE, "prompt": H0_PROMPT, "refusal": REFUSAL_INSTRUCTION,
+                "top_m": None if top_m is None else float(top_m)})
+    return cache_dir() / "features" / f"{key}.pt"
+
+
+def safety_features(adapter, questions: pd.DataFrame, P, seed: int = 0, top_m: float | None = None, *,
+                    progress: bool = True) -> SafetyFeatures:
+    """Δ, c, the mask and δ (PAPER.md steps 1-5) from the training split in audio-text mode:
+    h0_ref of the harmful questions (H0 prompt + refusal instruction), h0 of the benign ones
+    (H0 prompt). top_m=None keeps the features with c > 0 (the paper's default). Cached
+    under cache_dir()/features/ by model fingerprint, training questions and top_m."""
+    from .representations import safety_features as compute
+
+    P = _profile(P)
+    path = features_path(adapter, questions, top_m)
+    if path.is_file():
+        return SafetyFeatures.load(path, model_id=adapter.model_id, hidden_size=adapter.hidden_size)
+    features = compute(adapter, train_questions(questions), mode=FEATURES_MODE, top_m=top_m,
+                       batch_size=P.eval_batch_size, progress=progress)
+    features.save(path)
+    return features
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def _epoch_dir(run_dir: Path, epoch: int) -> Path:
+    return run_dir / f"epoch_{epoch}"
+
+
+def _complete(epoch_dir: Path) -> bool:
+    return ((epoch_dir / "adapter_model.safetensors").is_file() and (epoch_dir / "adapter_config.json").is_file()
+            and (epoch_dir / "rrs_checkpoint.json").is_file())
+
+
+def _epoch_of(checkpoint: Path) -> int:
+    return int(json.loads((Path(checkpoint) / "rrs_checkpoint.json").read_text())["epoch"])
+
+
+def epoch_checkpoints(checkpoint: str | Path) -> dict[int, Path]:
+    """{epoch: folder} of the complete epochs of a checkpoint's run, up to its own epoch
+    (epoch 0, the vanilla model, has no folder)."""
+    checkpoint = Path(checkpoint)
+    last = _epoch_of(checkpoint)
+    found = {}
+    for p in checkpoint.parent.glob("epoch_*"):
+        n = p.name.split("_")[1]
+        if p.is_dir() and n.isdigit() and int(n) <= last and _complete(p):
+            found[int(n)] = p
+    return dict(sorted(found.items()))
+
+
+def training_log(checkpoint: str | Path) -> list[dict]:
+    """The loss log of a checkpoint's run, up to and including the checkpoint's epoch."""
+    checkpoint = Path(checkpoint)
+    log = json.loads((checkpoint.parent / "loss_log.json").read_text())
+    epoch = _epoch_of(checkpoint)
+    return [row for row in log if row["epoch"] <= epoch]
+
+
+def _run(run_dir: Path, record: dict, epochs: int, train, *, retrain_on_mismatch: bool = True) -> Path:
+    """Return run_dir/epoch_<epochs>, training (or resuming) only when it is missing."""
+    from .training import STATE_FILE, CheckpointMismatchError
+
+    target = _epoch_dir(run_dir, epochs)
+    if _complete(target):
+        return target
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rio.write_json(run_dir / STAGE_RECORD, record)
+    resume = (run_dir / STATE_FILE).is_file()
+    try:
+        train(resume=resume)
+    except CheckpointMismatchError as err:
+        if not (resume and retrain_on_mismatch):
+            raise
+        warnings.warn(f"{run_dir}: the saved training state does not match ({err}); training from scratch",
+                      stacklevel=3)
+        train(resume=False)
+    if not _complete(target):
+        raise RuntimeError(f"training finished but {target} is missing or incomplete")
+    return target
+
+
+def _epochs(P: Profile, epochs: int | None) -> int:
+    epochs = P.train.epochs if epochs is None else int(epochs)
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    return epochs
+
+
+def rrs_run_dir(adapter, questions: pd.DataFrame, P, seed: int = 0, *, top_m: float | None = None,
+                structure: str = "mirror", features: SafetyFeatures | None = None) -> Path:
+    """The cache folder of one RRS training run (see the module docstring)."""
+    P = _profile(P)
+    features = features or safety_features(adapter, questions, P, seed, top_m)
+    items = training_items(questions, structure, seed)
+    return cache_dir() / "checkpoints" / _key(
+        {"stage": "rrs", "model": model_key(adapter), "top_m": None if top_m is None else float(top_m),
+         "direction": features.direction_hash, "structure": structure, "items": items_digest(items),
+         "seed": seed, "train": _train_config(P)})
+
+
+def rrs_checkpoint(adapter, questions: pd.DataFrame, P, seed: int = 0, *, top_m: float | None = None,
+                   structure: str = "mirror", epochs: int | None = None, progress: bool = True) -> Path:
+    """The final epoch folder of an RRS run (LoRA, PAPER.md steps 6-8) with the Top-m% mask
+    `top_m` (None: c > 0) on the training items of `structure`, trained with the profile's
+    hyper-parameters for `epochs` (None: the profile's) when no complete checkpoint exists;
+    an interrupted run is resumed. The adapter is left vanilla (no LoRA attached)."""
+    from .training import detach_lora, train_rrs
+
+    P = _profile(P)
+    epochs = _epochs(P, epochs)
+    features = safety_features(adapter, questions, P, seed, top_m, progress=progress)
+    items = training_items(questions, structure, seed)
+    run_dir = rrs_run_dir(adapter, questions, P, seed, top_m=top_m, structure=structure, features=features)
+    record = {"stage": "rrs", "model_id": adapter.model_id, "top_m": top_m, "structure": structure, "seed": seed,
+              "profile": P.name, "items": len(items), "train": _train_config(P)}
+
+    def train(resume: bool):
+        try:
+            train_rrs(adapter, items, features, P.train, run_dir, seed, epochs=epochs, resume=resume,
+                      extract_batch_size=P.eval_batch_size, progress=progress)
+        finally:
+            detach_lora(adapter)
+
+    return _run(run_dir, record, epochs, train)
+
+
+def _sft_data(adapter, items: pd.DataFrame, P: Profile, seed: int, kind: str, progress: bool):
+    from .training import REFUSAL_TEMPLATES, mixed_sft_data, refusal_sft_data
+
+    if kind == "refusal":
+        return refusal_sft_data(items, seed, templates=REFUSAL_TEMPLATES)
+    return mixed_sft_data(adapter, items, seed=seed, templates=REFUSAL_TEMPLATES, max_new_tokens=P.max_new_tokens,
+                          batch_size=P.eval_batch_size, progress=progress)
+
+
+def sft_checkpoint(adapter, questions: pd.DataFrame, P, seed: int = 0, *, kind: str = "refusal",
+                   epochs: int | None = None, progress: bool = True) -> Path:
+    """The final epoch folder of an SFT baseline on RRS's Mirror items, with the same LoRA
+    targets, optimiser and budget (OURS, the paper's SFT recipe is unknown):
+
+    - kind='refusal': harmful -> a refusal (drawn from rrs.training.REFUSAL_TEMPLATES);
+    - kind='mixed': harmful -> a refusal, benign -> the vanilla model's own greedy answer.
+    """
+    from .training import REFUSAL_TEMPLATES, detach_lora, train_sft
+
+    if kind not in SFT_KINDS:
+        raise ValueError(f"unknown SFT kind {kind!r}; choose one of {SFT_KINDS}")
+    P = _profile(P)
+    epochs = _epochs(P, epochs)
+    items = training_items(questions, "mirror", seed)
+    key = {"stage": f"sft_{kind}", "model": model_key(adapter), "items": items_digest(items), "seed": seed,
+           "templates": list(REFUSAL_TEMPLATES), "train": _train_config(P), "prompts": list(TRAINING_PROMPTS)}
+    if kind == "mixed":
+        key["max_new_tokens"] = P.max_new_tokens
+    run_dir = cache_dir() / "checkpoints" / _key(key)
+    record = {"stage": f"sft_{kind}", "model_id": adapter.model_id, "seed": seed, "profile": P.name,
+              "items": len(items), "train": _train_config(P)}
+    if _complete(_epoch_dir(run_dir, epochs)):
+        return _epoch_dir(run_dir, epochs)
+    rows, responses = _sft_data(adapter, items, P, seed, kind, progress)
+
+    def train(resume: bool):
+        try:
+            train_sft(adapter, rows, responses, P.train, run_dir, seed, kind=f"sft_{kind}", epochs=epochs,
+                      resume=resume, progress=progress)
+        finally:
+            detach_lora(adapter)
+
+    return _run(run_dir, record, epochs, train)
+
+
+def method_checkpoint(adapter, questions: pd.DataFrame, P, seed: int, method: str, *,
+                      epochs: int | None = None, progress: bool = True) -> Path | None:
+    """The checkpoint of a method by name (None for 'vanilla'); see METHODS:
+
+    vanilla, rrs (mask c > 0, Mirror), sft_refusal, sft_mixed, rrs_top12.5, rrs_top25,
+    rrs_top50 (Top-m% masks, Mirror), rrs_basic, rrs_parallel (mask c > 0, other structures).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
+    spec = METHODS[method]
+    if spec is None:
+        return None
+    if spec["kind"] == "sft":
+        return sft_checkpoint(adapter, questions, P, seed, kind=spec["sft"], epochs=epochs, progress=progress)
+    return rrs_checkpoint(adapter, questions, P, seed, top_m=spec["top_m"], structure=spec["structure"],
+                          epochs=epochs, progress=progress)
+
+
+def load_method(adapter, questions: pd.DataFrame, P, seed: int, method: str, *, epochs: int | None = None,
+                progress: bool = True):
+    """The model of a method, ready to pass as `model=` to the adapter's methods: None for
+    'vanilla' (any LoRA detached), else the peft model of method_checkpoint (attached)."""
+    from .training import detach_lora, load_trained
+
+    path = method_checkpoint(adapter, questions, P, seed, method, epochs=epochs, progress=progress)
+    if path is None:
+        detach_lora(adapter)
+        return None
+    spec = METHODS[method]
+    features = safety_features(adapter, questions, P, seed, spec["top_m"]) if spec["kind"] == "rrs" else None
+    return load_trained(adapter, path, features=features)
+
+
+__all__ = ["METHODS", "MODES", "setup", "safety_features", "training_items", "rrs_checkpoint", "sft_checkpoint",
+           "method_checkpoint", "load_method", "representations", "refusal_token_probs", "epoch_checkpoints",
+           "training_log", "split_questions", "train_questions"]

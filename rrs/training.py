@@ -1,0 +1,482 @@
+"""RRS fine-tuning (PAPER.md "Method", steps 6-8) and the SFT baselines, with LoRA.
+
+RRS: targets come from the frozen model, computed once with the LoRA adapter disabled:
+harmful t(x) = h0(x) + δ, benign t(b) = h0(b) − δ, where h0 is read with the H0 prompt.
+The model input x̃ is the same question (same audio) with a prompt drawn (seeded) from
+the paper's ten training prompts; the loss is MSE(h_θ(x̃), t(x)) + Σ ‖s·B·A‖²_F.
+
+SFT baselines use the same examples, LoRA targets, optimiser and budget, with next-token
+cross-entropy on the response tokens only: (a) refusal SFT, harmful -> a refusal;
+(b) mixed SFT, harmful -> a refusal and benign -> the vanilla model's own greedy answer.
+
+Every epoch ends with a peft checkpoint in out_dir/epoch_N (written to a temporary folder,
+then renamed) and out_dir/training_state.pt (optimiser, RNG states, loss log), so
+`resume=True` continues after the last complete epoch and ends with the same weights as
+an uninterrupted run. Checkpoints record the model, its weights fingerprint and the
+safety mask, and refuse to load or resume for another model or mask.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import random
+import re
+import shutil
+import tempfile
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import __version__
+from . import io as rio
+from .features import SafetyFeatures, rrs_targets
+from .modes import H0_PROMPT, TRAINING_PROMPTS, ModelInput, build_input
+from .profiles import Profile, TrainConfig
+
+REFUSAL_TEMPLATE = "I cannot help with that request because it could cause harm."
+# OURS: all start with "I", like the aligned models' refusals (PAPER.md observation 1).
+REFUSAL_TEMPLATES = (
+    REFUSAL_TEMPLATE,
+    "I can't assist with that, because it could be used to hurt people.",
+    "I'm sorry, but I cannot provide this information because it could cause harm.",
+    "I won't help with this request, as it could lead to harm.",
+)
+CHECKPOINT_META = "rrs_checkpoint.json"
+STATE_FILE = "training_state.pt"
+LOG_FILE = "loss_log.json"
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint or training state made for another model, mask, data or config."""
+
+
+# -- data ------------------------------------------------------------------------------
+
+def load_waveform(audio) -> np.ndarray | None:
+    """An item's audio as 16 kHz mono float32: an array as is, a path read from disk."""
+    if audio is None or (isinstance(audio, float) and np.isnan(audio)):
+        return None
+    if isinstance(audio, (str, Path)):
+        from .audio import load_audio
+
+        return load_audio(audio)
+    return np.asarray(audio, dtype=np.float32)
+
+
+def row_audio(row):
+    """A table row's waveform: its `audio` (array or path), else its `audio_path`."""
+    audio = getattr(row, "audio", None)
+    if audio is None or (isinstance(audio, float) and np.isnan(audio)):
+        audio = getattr(row, "audio_path", None)
+    return load_waveform(audio)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training example: x̃ (train_input) and the input its target is read from (h0_input)."""
+
+    id: str
+    label: str
+    mode: str
+    row: int            # row of the items table (aligns SFT responses)
+    h0_input: ModelInput
+    train_input: ModelInput
+
+
+def training_examples(items, modes: Sequence[str] = ("audio-text",), seed: int = 0,
+                      prompt_pool: Sequence[str] = TRAINING_PROMPTS) -> list[Example]:
+    """Examples for every row of `items` in every mode of `modes`.
+
+    `items`: DataFrame with id, text, label ('harmful'/'benign') and audio (array or path;
+    `audio_path` is read when there is no `audio`). A row whose `modality` column is
+    'text' is used in text-only mode only (the "Parallel" structure's written copy).
+    Each example's x̃ gets a prompt drawn from `prompt_pool` with random.Random(seed); its
+    target is read with H0_PROMPT (PAPER.md steps 1, 6, 7).
+    """
+    if len(items) == 0:
+        raise ValueError("no training items")
+    bad = set(items["label"]) - {"harmful", "benign"}
+    if bad:
+        raise ValueError(f"labels must be 'harmful' or 'benign', got {sorted(bad)}")
+    rng = random.Random(seed)
+    examples = []
+    for i, row in enumerate(items.itertuples(index=False)):
+        row_modes = ["text-only"] if getattr(row, "modality", None) == "text" else list(modes)
+        audio = row_audio(row) if any(m != "text-only" for m in row_modes) else None
+        for mode in row_modes:
+            prompt = rng.choice(list(prompt_pool))
+            examples.append(Example(str(row.id), row.label, mode, i,
+                                    build_input(row.text, audio, mode, prompt=H0_PROMPT),
+                                    build_input(row.text, audio, mode, prompt=prompt)))
+    return examples
+
+
+def data_hash(examples: Sequence[Example], responses: Sequence[str] | None = None) -> str:
+    rows = [[e.id, e.label, e.mode, e.train_input.text] for e in examples]
+    return rio.sha256_json({"rows": rows, "responses": list(responses) if responses is not None else None})[:16]
+
+
+# -- LoRA ------------------------------------------------------------------------------
+
+def lora_config(train: TrainConfig, target_pattern: str):
+    """peft LoraConfig: rank, alpha, dropout and the regex of the modules to adapt."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=train.lora_r, lora_alpha=train.lora_alpha, lora_dropout=train.lora_dropout,
+                      target_modules=target_pattern, bias="none")
+
+
+def detach_lora(adapter) -> None:
+    """Remove the LoRA layers rrs.training injected into adapter.model (vanilla again)."""
+    if getattr(adapter, "peft_model", None) is not None:
+        adapter.peft_model.unload()
+        adapter.peft_model = None
+        adapter.model.eval()
+
+
+def attach_lora(adapter, config, seed: int):
+    """Wrap adapter.model with fresh LoRA layers (seeded init); returns the peft model."""
+    from peft import get_peft_model
+
+    detach_lora(adapter)
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(adapter.model, config)
+    # evaluation.check_checkpoint compares this with the model id it is given
+    peft_model.peft_config["default"].base_model_name_or_path = adapter.model_id
+    adapter.peft_model = peft_model
+    return peft_model
+
+
+def lora_penalty(peft_model) -> torch.Tensor:
+    """Σ over LoRA modules of ‖s·B·A‖²_F, s = lora_alpha / r (each module's `scaling`).
+
+    Computed as s² · Σ (BᵀB) ⊙ (AAᵀ), equal to ‖s·B·A‖²_F but with r×r products instead
+    of the full out×in update.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    total = None
+    for module in peft_model.modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        for name in module.active_adapters:
+            if name not in module.lora_A:
+                continue
+            a, b = module.lora_A[name].weight.float(), module.lora_B[name].weight.float()
+            term = module.scaling[name] ** 2 * ((b.T @ b) * (a @ a.T)).sum()
+            total = term if total is None else total + term
+    if total is None:
+        raise ValueError("lora_penalty: the model has no active LoRA modules")
+    return total
+
+
+def rrs_loss(h: torch.Tensor, target: torch.Tensor, penalty: torch.Tensor, weight: float = 1.0):
+    """(loss, mse, penalty) with loss = MSE(h, target) + weight · penalty (PAPER.md step 7)."""
+    mse = F.mse_loss(h.float(), target.float())
+    return mse + weight * penalty, mse, penalty
+
+
+def sft_loss(adapter, batch, model) -> torch.Tensor:
+    """Next-token cross-entropy on the labelled (response) tokens only."""
+    batch = dict(batch)
+    labels = batch.pop("labels")
+    hidden = adapter.backbone(model)(**adapter.forward_kwargs(batch), use_cache=False).last_hidden_state
+    target = labels[:, 1:]
+    keep = target != -100  # position t predicts token t + 1
+    logits = adapter.lm_head(model)(hidden[:, :-1][keep]).float()
+    return F.cross_entropy(logits, target[keep])
+
+
+# -- targets ---------------------------------------------------------------------------
+
+def compute_targets(adapter, harmful_inputs_h0: Sequence[ModelInput], benign_inputs_h0: Sequence[ModelInput],
+                    delta: torch.Tensor, *, batch_size: int = 8, progress: bool = True):
+    """(h0(x) + δ, h0(b) − δ) from the frozen model, read once with any LoRA disabled."""
+    peft_model = getattr(adapter, "peft_model", None)
+    model = peft_model if peft_model is not None else adapter.model
+    with peft_model.disable_adapter() if peft_model is not None else nullcontext():
+        h_harmful = adapter.hidden_states(list(harmful_inputs_h0), batch_size=batch_size, progress=progress, model=model)
+        h_benign = adapter.hidden_states(list(benign_inputs_h0), batch_size=batch_size, progress=progress, model=model)
+    return rrs_targets(h_harmful, h_benign, delta)
+
+
+# -- checkpoints -----------------------------------------------------------------------
+
+# Keys of the checkpoint record that must agree to resume; to load for evaluation only
+# the model (weights fingerprint) and, when given, the mask must agree.
+RESUME_KEYS = ("kind", "model_id", "base_weights", "top_m", "direction_hash", "data_hash", "seed", "train_config")
+
+
+def _check_meta(found: dict, expected: dict, where, keys=RESUME_KEYS) -> None:
+    for key in keys:
+        if found.get(key) != expected.get(key):
+            what = {"model_id": "model", "base_weights": "model weights", "top_m": "safety mask (Top-m%)",
+                    "direction_hash": "safety direction δ (mask)"}.get(key, key)
+            raise CheckpointMismatchError(f"{where} was made for another {what}: {key}={found.get(key)!r}, "
+                                          f"expected {expected.get(key)!r}")
+
+
+def read_checkpoint_meta(checkpoint_dir) -> dict:
+    path = Path(checkpoint_dir) / CHECKPOINT_META
+    if not path.is_file():
+        raise FileNotFoundError(f"{checkpoint_dir} is not an rrs checkpoint (no {CHECKPOINT_META})")
+    import json
+
+    return json.loads(path.read_text())
+
+
+def _save_epoch(peft_model, out_dir: Path, epoch: int, meta: dict) -> Path:
+    final = out_dir / f"epoch_{epoch}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".epoch_{epoch}.", dir=out_dir))
+    try:
+        peft_model.save_pretrained(tmp, save_embedding_layers=False)  # no hub lookup of the base config
+        rio.write_json(tmp / CHECKPOINT_META, {**meta, "epoch": epoch})
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return final
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _load_lora_weights(peft_model, checkpoint_dir: Path) -> None:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(peft_model, load_file(str(checkpoint_dir / "adapter_model.safetensors")))
+
+
+@dataclass
+class TrainResult:
+    peft_model: object
+    out_dir: Path
+    checkpoints: list[Path]
+    log: list[dict]
+
+
+def _fit(adapter, peft_model, examples, step_fn: Callable, *, cfg: TrainConfig, out_dir, seed: int, meta: dict,
+         epochs: int, resume: bool, on_epoch_end, progress: bool, desc: str) -> TrainResult:
+    """The shared loop: seeded shuffling, grad accumulation, clipping, AdamW, checkpoints."""
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    state_path, start, log = out_dir / STATE_FILE, 1, []
+    if resume and state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        _check_meta(state["meta"], meta, state_path)
+        _load_lora_weights(peft_model, out_dir / f"epoch_{state['epoch']}")
+        opt.load_state_dict(state["optimizer"])
+        _set_rng_state(state["rng"])
+        start, log = state["epoch"] + 1, state["log"]
+    else:  # a fresh run replaces this folder's earlier checkpoints, never other files
+        for old in out_dir.iterdir():
+            if re.fullmatch(r"epoch_\d+", old.name) and old.is_dir():
+                shutil.rmtree(old)
+            elif old.name in (STATE_FILE, LOG_FILE):
+                old.unlink()
+
+    n, bs, accum = len(examples), cfg.batch_size, max(1, cfg.grad_accum)
+    groups_per_epoch = math.ceil(math.ceil(n / bs) / accum)
+    bar = tqdm(total=max(0, epochs - start + 1) * groups_per_epoch, desc=desc, disable=not progress, unit="step")
+    for epoch in range(start, epochs + 1):
+        peft_model.train()
+        # the order depends on (seed, epoch) only, so a resumed run sees the same batches
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
+        batches = [order[i:i + bs] for i in range(0, n, bs)]
+        for g in range(0, len(batches), accum):
+            group = batches[g:g + accum]
+            opt.zero_grad(set_to_none=True)
+            terms = {}
+            for idx in group:
+                loss, parts = step_fn(idx)
+                (loss / len(group)).backward()
+                for k, v in parts.items():
+                    terms[k] = terms.get(k, 0.0) + v / len(group)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            opt.step()
+            log.append({"epoch": epoch, "step": len(log) + 1, **terms, "grad_norm": float(grad_norm)})
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in terms.items()})
+        peft_model.eval()
+        _save_epoch(peft_model, out_dir, epoch, meta)
+        with rio.atomic_path(state_path) as tmp:
+            torch.save({"epoch": epoch, "meta": meta, "optimizer": opt.state_dict(), "rng": _rng_state(), "log": log}, tmp)
+        rio.write_json(out_dir / LOG_FILE, log)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
+    bar.close()
+    peft_model.eval()
+    checkpoints = sorted((p for p in out_dir.glob("epoch_*") if p.is_dir()), key=lambda p: int(p.name.split("_")[1]))
+    return TrainResult(peft_model, out_dir, checkpoints, log)
+
+
+def _train_config(train) -> TrainConfig:
+    return train.train if isinstance(train, Profile) else train
+
+
+def _meta(adapter, kind: str, cfg: TrainConfig, seed: int, dhash: str, modes, top_m=None, direction_hash=None) -> dict:
+    from .models.base import weights_fingerprint
+
+    return {"kind": kind, "model_id": adapter.model_id, "base_weights": weights_fingerprint(adapter.model),
+            "hidden_size": adapter.hidden_size, "lora_target_pattern": adapter.lora_target_pattern,
+            "top_m": top_m, "direction_hash": direction_hash, "data_hash": dhash, "modes": list(modes),
+            "seed": seed, "train_config": {k: list(v) if isinstance(v, tuple) else v
+                                           for k, v in dataclasses.asdict(cfg).items() if k != "epochs"},
+            "rrs_version": __version__}
+
+
+# -- RRS -------------------------------------------------------------------------------
+
+def train_rrs(adapter, train_items, features: SafetyFeatures, train: TrainConfig | Profile, out_dir, seed: int = 0, *,
+              modes: Sequence[str] = ("audio-text",), prompt_pool: Sequence[str] = TRAINING_PROMPTS,
+              epochs: int | None = None, resume: bool = False, on_epoch_end: Callable[[int], None] | None = None,
+              extract_batch_size: int | None = None, progress: bool = True) -> TrainResult:
+    """Train RRS LoRA adapters on `train_items` (see `training_examples`) with δ from `features`.
+
+    Returns the peft model (left attached to adapter.model, as adapter.peft_model), the
+    epoch checkpoints and the loss log ({"epoch", "step", "mse", "penalty", "loss", ...}).
+    """
+    cfg = _train_config(train)
+    epochs = cfg.epochs if epochs is None else epochs
+    if features.hidden_size != adapter.hidden_size:
+        raise ValueError(f"safety features have hidden size {features.hidden_size}, "
+                         f"{adapter.model_id} has {adapter.hidden_size}")
+    if features.model_id != adapter.model_id:
+        raise ValueError(f"safety features were computed for {features.model_id!r}, not {adapter.model_id!r}")
+    examples = training_examples(train_items, modes, seed, prompt_pool)
+    detach_lora(adapter)
+    meta = _meta(adapter, "rrs", cfg, seed, data_hash(examples), modes, features.top_m, features.direction_hash)
+    peft_model = attach_lora(adapter, lora_config(cfg, adapter.lora_target_pattern), seed)
+
+    harmful = [i for i, e in enumerate(examples) if e.label == "harmful"]
+    benign = [i for i, e in enumerate(examples) if e.label == "benign"]
+    t_harmful, t_benign = compute_targets(adapter, [examples[i].h0_input for i in harmful],
+                                          [examples[i].h0_input for i in benign], features.direction,
+                                          batch_size=extract_batch_size or cfg.batch_size, progress=progress)
+    targets = torch.empty(len(examples), adapter.hidden_size)
+    targets[harmful], targets[benign] = t_harmful, t_benign
+    targets = targets.to(adapter.device)
+
+    def step(idx):
+        batch = adapter.prepare([examples[i].train_input for i in idx])
+        h = adapter.last_hidden(batch, model=peft_model)
+        loss, mse, pen = rrs_loss(h, targets[idx], lora_penalty(peft_model), cfg.penalty_weight)
+        return loss, {"loss": loss.item(), "mse": mse.item(), "penalty": pen.item()}
+
+    return _fit(adapter, peft_model, examples, step, cfg=cfg, out_dir=out_dir, seed=seed, meta=meta, epochs=epochs,
+                resume=resume, on_epoch_end=on_epoch_end, progress=progress, desc=f"RRS {adapter.model_id}")
+
+
+# -- SFT baselines ---------------------------------------------------------------------
+
+def sft_refusal_responses(n: int, seed: int = 0, templates: Sequence[str] = (REFUSAL_TEMPLATE,)) -> list[str]:
+    """`n` refusals drawn (seeded) from `templates` (default: the one refusal template)."""
+    rng = random.Random(seed)
+    return [rng.choice(list(templates)) for _ in range(n)]
+
+
+def refusal_sft_data(items, seed: int = 0, templates: Sequence[str] = (REFUSAL_TEMPLATE,)):
+    """(harmful rows, refusals): the data of the refusal-SFT baseline."""
+    harmful = items[items["label"] == "harmful"].reset_index(drop=True)
+    if harmful.empty:
+        raise ValueError("refusal SFT needs harmful questions; none given")
+    return harmful, sft_refusal_responses(len(harmful), seed, templates)
+
+
+def mixed_sft_data(adapter, items, *, modes: Sequence[str] = ("audio-text",), seed: int = 0,
+                   templates: Sequence[str] = (REFUSAL_TEMPLATE,), prompt_pool: Sequence[str] = TRAINING_PROMPTS,
+                   max_new_tokens: int = 64, batch_size: int = 8, progress: bool = True):
+    """(rows, responses) of the mixed-SFT baseline: harmful -> a refusal, benign -> the
+    vanilla model's own greedy answer to the row's first training input (same x̃ as RRS)."""
+    items = items.reset_index(drop=True)
+    detach_lora(adapter)
+    examples = training_examples(items, modes, seed, prompt_pool)
+    first = {}
+    for e in examples:
+        first.setdefault(e.row, e)
+    benign_rows = [r for r in range(len(items)) if items["label"].iloc[r] == "benign"]
+    answers = adapter.generate([first[r].train_input for r in benign_rows], max_new_tokens=max_new_tokens,
+                               batch_size=batch_size, progress=progress)
+    responses = sft_refusal_responses(len(items), seed, templates)
+    for r, a in zip(benign_rows, answers):
+        responses[r] = a
+    return items, responses
+
+
+def train_sft(adapter, items, responses: Sequence[str], train: TrainConfig | Profile, out_dir, seed: int = 0, *,
+              kind: str = "sft", modes: Sequence[str] = ("audio-text",), prompt_pool: Sequence[str] = TRAINING_PROMPTS,
+              epochs: int | None = None, resume: bool = False, on_epoch_end: Callable[[int], None] | None = None,
+              progress: bool = True) -> TrainResult:
+    """SFT baseline on the same examples and budget as RRS; `responses[i]` answers row i
+    of `items` (in every mode). Loss log entries carry "ce"."""
+    cfg = _train_config(train)
+    epochs = cfg.epochs if epochs is None else epochs
+    items = items.reset_index(drop=True)
+    if len(responses) != len(items):
+        raise ValueError(f"{len(items)} items but {len(responses)} responses")
+    examples = training_examples(items, modes, seed, prompt_pool)
+    detach_lora(adapter)
+    meta = _meta(adapter, kind, cfg, seed, data_hash(examples, responses), modes)
+    peft_model = attach_lora(adapter, lora_config(cfg, adapter.lora_target_pattern), seed)
+
+    def step(idx):
+        batch = adapter.sft_batch([examples[i].train_input for i in idx], [responses[examples[i].row] for i in idx])
+        loss = sft_loss(adapter, batch, peft_model)
+        return loss, {"ce": loss.item()}
+
+    return _fit(adapter, peft_model, examples, step, cfg=cfg, out_dir=out_dir, seed=seed, meta=meta, epochs=epochs,
+                resume=resume, on_epoch_end=on_epoch_end, progress=progress, desc=f"{kind} {adapter.model_id}")
+
+
+# -- evaluation ------------------------------------------------------------------------
+
+def load_trained(adapter, checkpoint_dir, features: SafetyFeatures | None = None):
+    """The peft model of a checkpoint (epoch folder), attached to adapter.model, in eval mode.
+
+    Refuses a checkpoint trained on other base weights, or (when `features` is given) with
+    another safety mask. `model.rrs_fingerprint` identifies the fine-tuned weights.
+    """
+    from peft import PeftModel
+
+    from .models.base import weights_fingerprint
+
+    checkpoint_dir = Path(checkpoint_dir)
+    meta = read_checkpoint_meta(checkpoint_dir)
+    detach_lora(adapter)
+    if meta["base_weights"] != weights_fingerprint(adapter.model):
+        raise CheckpointMismatchError(f"{checkpoint_dir} was trained on {meta['model_id']!r} "
+                                      f"(weights {meta['base_weights']}), not on these weights of {adapter.model_id!r}")
+    if features is not None:
+        _check_meta(meta, {"top_m": features.top_m, "direction_hash": features.direction_hash}, checkpoint_dir,
+                    keys=("top_m", "direction_hash"))
+    peft_model = PeftModel.from_pretrained(adapter.model, str(checkpoint_dir), is_trainable=False).eval()
+    weights = hashlib.sha256((checkpoint_dir / "adapter_model.safetensors").read_bytes()).hexdigest()
+    peft_model.rrs_fingerprint = f"{meta['kind']}-epoch{meta.get('epoch')}-{weights[:16]}"
+    adapter.peft_model = peft_model
+    return peft_model

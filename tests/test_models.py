@@ -1,0 +1,217 @@
+"""Model adapters on tiny random models of the real transformers classes, built offline."""
+from __future__ import annotations
+
+import importlib.util
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from rrs.models import REGISTRY, ModelNotAvailableError, load_adapter, weights_fingerprint
+from rrs.models.qwen2_audio import Qwen2AudioAdapter
+from rrs.models.qwen25_omni import Qwen25OmniAdapter
+from rrs.modes import ModelInput
+
+
+@pytest.fixture
+def mixed(tiny_waveform):
+    """Audio-text, text-only and audio-only in one batch, of different lengths."""
+    return [ModelInput("Answer the question in the audio.", tiny_waveform(1.0, 1), "audio-text"),
+            ModelInput("How can I help my neighbour's cat?", None, "text-only"),
+            ModelInput(None, tiny_waveform(1.5, 2), "audio-only"),
+            ModelInput("Hi", None, "text-only")]
+
+
+def test_batch_shapes_and_left_padding(tiny_adapter, mixed):
+    batch = tiny_adapter.prepare(mixed)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    assert ids.shape[0] == 4 and ids.shape == mask.shape
+    assert tiny_adapter.tokenizer.padding_side == "left"
+    assert mask[:, -1].all()                      # every row ends on a real token
+    assert not mask[3, 0]                         # the short row is padded on the left
+    assert (mask.cumsum(-1) > 0).eq(mask.bool()).all()  # padding only before the first real token
+    assert batch["input_features"].shape[0] == 2  # one feature set per item with audio
+    audio_id = tiny_adapter.tokenizer.convert_tokens_to_ids("<|AUDIO|>")
+    assert (ids[1] == audio_id).sum() == 0 and (ids[0] == audio_id).sum() > 0
+    assert (ids[2] == audio_id).sum() > (ids[0] == audio_id).sum()  # 1.5 s gives more audio tokens than 1 s
+
+
+def test_chat_format(tiny_qwen2_audio_adapter, tiny_omni_adapter, tiny_waveform):
+    x = ModelInput("What is it?", tiny_waveform(0.5, 0), "audio-text")
+    text = tiny_qwen2_audio_adapter.chat_texts([x])[0]
+    assert text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                    "Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\nWhat is it?<|im_end|>\n<|im_start|>assistant\n")
+    omni = tiny_omni_adapter.chat_texts([x])[0]
+    assert omni.startswith("<|im_start|>system\nYou are Qwen, a virtual human developed by the Qwen Team")
+    assert omni.endswith("<|im_start|>user\n<|audio_bos|><|AUDIO|><|audio_eos|>What is it?<|im_end|>\n"
+                         "<|im_start|>assistant\n")
+
+
+@torch.no_grad()
+def test_position_minus_one_is_each_rows_last_real_token(tiny_adapter, mixed):
+    inputs = mixed
+    batched = tiny_adapter.last_hidden(tiny_adapter.prepare(inputs))
+    alone = torch.cat([tiny_adapter.last_hidden(tiny_adapter.prepare([x])) for x in inputs])
+    assert batched.shape == (4, tiny_adapter.hidden_size)
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-4)
+    # and the batched extraction helper gives the same, in order
+    torch.testing.assert_close(tiny_adapter.hidden_states(inputs, batch_size=3, progress=False), alone,
+                               atol=1e-5, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_last_hidden_is_the_lm_head_input(tiny_adapter, mixed):
+    batch = tiny_adapter.prepare(mixed)
+    h = tiny_adapter.last_hidden(batch)
+    logits = tiny_adapter.model(**batch).logits[:, -1]
+    torch.testing.assert_close(h @ tiny_adapter.lm_head().weight.T, logits, atol=1e-5, rtol=1e-4)
+    probs = tiny_adapter.first_token_probs(mixed)
+    i = tiny_adapter.refusal_token_id()
+    torch.testing.assert_close(probs, torch.softmax(logits, -1)[:, i], atol=1e-6, rtol=1e-4)
+
+
+def test_refusal_token(tiny_adapter):
+    i = tiny_adapter.refusal_token_id()
+    assert i == tiny_adapter.tokenizer.convert_tokens_to_ids("I")
+    torch.testing.assert_close(tiny_adapter.refusal_token_row(), tiny_adapter.model.lm_head.weight[i].detach())
+
+
+def test_refusal_token_error_names_the_model(tiny_qwen2_audio_adapter):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())  # lower-case only alphabet: "I" has no token at all
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(["help me please"] * 3, trainers.BpeTrainer(vocab_size=40, show_progress=False))
+    tiny_qwen2_audio_adapter.tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok)
+    with pytest.raises(ValueError, match="tiny-qwen2-audio.*'I'.*not exactly one"):
+        tiny_qwen2_audio_adapter.refusal_token_id()
+
+
+PROJECTIONS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+               "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+
+
+def test_lora_targets_only_decoder_projections(tiny_adapter):
+    from peft import get_peft_model
+    from peft.tuners.lora import LoraLayer
+
+    from rrs.profiles import TrainConfig
+    from rrs.training import lora_config
+
+    model = tiny_adapter.model
+    layers = model.config.get_text_config().num_hidden_layers
+    expected = {f"model.language_model.layers.{i}.{p}" for i in range(layers) for p in PROJECTIONS}
+    # the audio tower has q_proj/k_proj/v_proj too, the vision tower gate/up/down_proj: none may match
+    assert any(re.search(r"audio_tower.*q_proj", n) for n, _ in model.named_modules())
+    r = 4
+    by_name = dict(model.named_modules())
+    hand_count = sum(r * (by_name[n].in_features + by_name[n].out_features) for n in expected)
+    peft_model = get_peft_model(model, lora_config(TrainConfig(lora_r=r, lora_alpha=8), tiny_adapter.lora_target_pattern))
+    wrapped = {n.removeprefix("base_model.model.") for n, m in peft_model.named_modules() if isinstance(m, LoraLayer)}
+    assert wrapped == expected
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    assert trainable == hand_count
+
+
+@torch.no_grad()
+def test_generate_batched_equals_alone(tiny_adapter, mixed):
+    inputs = mixed
+    batched = tiny_adapter.generate(inputs, max_new_tokens=4, batch_size=4, progress=False)
+    alone = [tiny_adapter.generate([x], max_new_tokens=4, progress=False)[0] for x in inputs]
+    assert len(batched) == 4 and batched == alone
+
+
+def test_sft_batch_labels_are_the_response(tiny_adapter, mixed):
+    inputs = mixed[:3]
+    responses = ["I cannot help with that.", "Sure, here are the steps.", "I can't"]
+    batch = tiny_adapter.sft_batch(inputs, responses)
+    tok = tiny_adapter.tokenizer
+    for row, r in zip(range(3), responses):
+        want = tok.encode(r + "<|im_end|>", add_special_tokens=False)
+        labelled = batch["labels"][row][batch["labels"][row] != -100].tolist()
+        assert labelled == want
+        assert batch["labels"][row, -len(want):].tolist() == batch["input_ids"][row, -len(want):].tolist()
+        assert (batch["labels"][row, :-len(want)] == -100).all()
+
+
+@pytest.mark.parametrize("kind", ["qwen2_audio", "omni"])
+def test_saved_folder_loads_back_identically(kind, tmp_path, request, mixed):
+    adapter = request.getfixturevalue("tiny_qwen2_audio_adapter" if kind == "qwen2_audio" else "tiny_omni_adapter")
+    adapter.model.save_pretrained(tmp_path)
+    adapter.processor.save_pretrained(tmp_path)
+    loaded = load_adapter(str(tmp_path))
+    assert type(loaded) is type(adapter) and loaded.model_id == str(tmp_path.resolve())
+    assert loaded.chat_texts(mixed) == adapter.chat_texts(mixed)
+    torch.testing.assert_close(loaded.hidden_states(mixed, progress=False),
+                               adapter.hidden_states(mixed, progress=False), atol=0, rtol=0)
+    assert weights_fingerprint(loaded.model) == weights_fingerprint(adapter.model)
+
+
+def test_registry_and_errors(tmp_path, monkeypatch):
+    assert REGISTRY["mini-lalm"].adapter_class is Qwen2AudioAdapter
+    assert REGISTRY["Qwen/Qwen2.5-Omni-7B"].adapter_class is Qwen25OmniAdapter
+    with pytest.raises(ValueError, match="unknown model 'no/such-model'.*mini-lalm"):
+        load_adapter("no/such-model")
+    # a registered hub model whose weights are not cached: a clear error, no download
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ModelNotAvailableError, match="snapshot_download.*HF_HUB_OFFLINE"):
+        load_adapter("Qwen/Qwen2-Audio-7B-Instruct", local_files_only=True)
+    # mini-lalm before it is built
+    spec = REGISTRY["mini-lalm"]
+    monkeypatch.setitem(REGISTRY, "mini-lalm", type(spec)(spec.adapter, None, spec.lora_pattern, spec.notes,
+                                                          path=tmp_path / "absent"))
+    with pytest.raises(FileNotFoundError, match="rrs-build-mini"):
+        load_adapter("mini-lalm")
+
+
+def test_remote_code_needs_opt_in_and_revision():
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        load_adapter("Qwen/Qwen-Audio-Chat")
+    from rrs.models.qwen_audio_chat import QwenAudioChatAdapter
+
+    with pytest.raises(ValueError, match="revision="):
+        QwenAudioChatAdapter.load("Qwen/Qwen-Audio-Chat", model_id="Qwen/Qwen-Audio-Chat", trust_remote_code=True)
+    # with both, transformers 5 is refused before anything is downloaded or executed
+    with pytest.raises(RuntimeError, match="transformers 4.x.*separate environment"):
+        load_adapter("Qwen/Qwen-Audio-Chat", trust_remote_code=True, revision="0" * 40)
+
+
+def test_weights_fingerprint_tracks_weights_and_lora_state(tiny_qwen2_audio_adapter):
+    from peft import get_peft_model
+
+    from rrs.profiles import TrainConfig
+    from rrs.training import lora_config
+
+    model = tiny_qwen2_audio_adapter.model
+    before = weights_fingerprint(model)
+    peft_model = get_peft_model(model, lora_config(TrainConfig(lora_r=2), tiny_qwen2_audio_adapter.lora_target_pattern))
+    with_lora = weights_fingerprint(peft_model)
+    assert with_lora != before
+    with peft_model.disable_adapter():
+        assert weights_fingerprint(peft_model) == weights_fingerprint(model) == before
+    peft_model.unload()
+    assert weights_fingerprint(model) == before
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1.01)
+    assert weights_fingerprint(model) != before
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torchvision") is None,
+                    reason="Qwen2_5OmniProcessor cannot be built without torchvision")
+def test_omni_processor_matches_transformers(tiny_omni_adapter, mixed):
+    from transformers import Qwen2_5OmniProcessor
+    from transformers.models.qwen2_vl import Qwen2VLImageProcessor
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    ours = tiny_omni_adapter.processor
+    theirs = Qwen2_5OmniProcessor(image_processor=Qwen2VLImageProcessor(), video_processor=Qwen2VLVideoProcessor(),
+                                  feature_extractor=ours.feature_extractor, tokenizer=ours.tokenizer,
+                                  chat_template=ours.chat_template)
+    texts = tiny_omni_adapter.chat_texts(mixed)
+    audios = [x.audio for x in mixed if x.audio is not None]
+    a = ours(text=texts, audio=audios)
+    b = theirs(text=texts, audio=audios, return_tensors="pt", padding=True)
+    for key in ("input_ids", "attention_mask", "input_features", "feature_attention_mask"):
+        torch.testing.assert_close(a[key], b[key])

@@ -1,0 +1,197 @@
+"""rrs.stages: cached stage artifacts (safety features, RRS / SFT checkpoints, method names)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from rrs import stages
+from rrs.audio import save_audio
+from rrs.profiles import TrainConfig, get_profile
+
+FAST = TrainConfig(lora_r=2, lora_alpha=4, lora_dropout=0.0, epochs=1, lr=1e-3, batch_size=8, grad_accum=1,
+                   dtype="float32")
+
+
+@pytest.fixture
+def P():
+    return dataclasses.replace(get_profile("mini"), train=FAST, eval_batch_size=8, max_new_tokens=3)
+
+
+@pytest.fixture
+def questions(tiny_items, tmp_path, tmp_rrs_cache):
+    """tiny_items as a prepared questions table: clips on disk, three train pairs, one test pair."""
+    rows = []
+    for i, row in enumerate(tiny_items.itertuples(index=False)):
+        path = save_audio(tmp_path / "clips" / f"{row.id}.wav", row.audio)
+        pair = int(row.id[1:])
+        rows.append({"id": row.id, "text": row.text, "label": row.label, "category": "c", "source": "rrs_paper",
+                     "pair_id": f"p{pair}", "group": f"g{pair}", "split": "test" if pair == 3 else "train",
+                     "audio_path": str(path), "fits_window": True})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def adapter(tiny_qwen2_audio_adapter):
+    return tiny_qwen2_audio_adapter
+
+
+def count_calls(monkeypatch, module, name):
+    calls = []
+    original = getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapper)
+    return calls
+
+
+def test_safety_features_are_cached_and_keyed_by_top_m(adapter, questions, P, monkeypatch):
+    import rrs.representations as R
+
+    calls = count_calls(monkeypatch, R, "safety_features")
+    f1 = stages.safety_features(adapter, questions, P, 0, progress=False)
+    f2 = stages.safety_features(adapter, questions, P, 0, progress=False)
+    assert len(calls) == 1 and calls[0]["mode"] == "audio-text"
+    torch.testing.assert_close(f1.direction, f2.direction)
+    assert torch.equal(f1.mask, f1.contributions > 0)
+    f25 = stages.safety_features(adapter, questions, P, 0, top_m=25, progress=False)
+    assert len(calls) == 2 and f25.top_m == 25 and int(f25.mask.sum()) == adapter.hidden_size // 4
+    assert stages.features_path(adapter, questions, 25) != stages.features_path(adapter, questions, None)
+    # only the training split goes into Δ: the test pair changes nothing
+    other = questions.assign(text=[t + "!" if s == "test" else t for t, s in zip(questions.text, questions.split)])
+    assert stages.features_path(adapter, other) == stages.features_path(adapter, questions)
+
+
+def test_rrs_checkpoint_is_trained_once(adapter, questions, P, monkeypatch):
+    import rrs.training as T
+
+    calls = count_calls(monkeypatch, T, "train_rrs")
+    ckpt = stages.rrs_checkpoint(adapter, questions, P, 0, progress=False)
+    assert ckpt.name == "epoch_1" and (ckpt / "adapter_model.safetensors").is_file()
+    assert adapter.peft_model is None  # the adapter is left vanilla
+    mtime = (ckpt / "adapter_model.safetensors").stat().st_mtime_ns
+    assert stages.rrs_checkpoint(adapter, questions, P, 0, progress=False) == ckpt
+    assert len(calls) == 1 and (ckpt / "adapter_model.safetensors").stat().st_mtime_ns == mtime
+    meta = json.loads((ckpt / "rrs_checkpoint.json").read_text())
+    assert meta["top_m"] is None and meta["kind"] == "rrs"
+    record = json.loads((ckpt.parent / stages.STAGE_RECORD).read_text())
+    assert record["structure"] == "mirror" and record["items"] == 6  # three train pairs, no test pair
+    # another mask, structure or seed is another run
+    other = stages.rrs_checkpoint(adapter, questions, P, 0, top_m=12.5, progress=False)
+    assert other.parent != ckpt.parent and len(calls) == 2
+    assert stages.rrs_run_dir(adapter, questions, P, 0, structure="basic") != ckpt.parent
+    assert stages.rrs_run_dir(adapter, questions, P, 1) != ckpt.parent
+    # other hyper-parameters are another run; the epoch count is not part of the key
+    lr = dataclasses.replace(P, train=dataclasses.replace(FAST, lr=1e-4))
+    assert stages.rrs_run_dir(adapter, questions, lr, 0) != ckpt.parent
+    longer = dataclasses.replace(P, train=dataclasses.replace(FAST, epochs=5))
+    assert stages.rrs_run_dir(adapter, questions, longer, 0) == ckpt.parent
+
+
+def test_more_epochs_resume_and_fewer_reuse(adapter, questions, P, monkeypatch):
+    import rrs.training as T
+
+    calls = count_calls(monkeypatch, T, "train_rrs")
+    first = stages.rrs_checkpoint(adapter, questions, P, 0, progress=False)
+    mtime = (first / "adapter_model.safetensors").stat().st_mtime_ns
+    second = stages.rrs_checkpoint(adapter, questions, P, 0, epochs=2, progress=False)
+    assert second.name == "epoch_2" and second.parent == first.parent
+    assert [c["resume"] for c in calls] == [False, True]
+    assert (first / "adapter_model.safetensors").stat().st_mtime_ns == mtime  # epoch 1 kept, not retrained
+    assert stages.rrs_checkpoint(adapter, questions, P, 0, epochs=1, progress=False) == first
+    assert len(calls) == 2
+    assert list(stages.epoch_checkpoints(second)) == [1, 2]
+    assert list(stages.epoch_checkpoints(first)) == [1]
+    log = stages.training_log(second)
+    assert {r["epoch"] for r in log} == {1, 2} and {"mse", "penalty"} <= set(log[0])
+    assert {r["epoch"] for r in stages.training_log(first)} == {1}
+
+
+def test_interrupted_run_is_resumed(adapter, questions, P, monkeypatch):
+    import rrs.training as T
+
+    first = stages.rrs_checkpoint(adapter, questions, P, 0, progress=False)
+    # an interrupted two-epoch run: epoch 2's folder half-written
+    broken = first.parent / "epoch_2"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text("{}")
+    calls = count_calls(monkeypatch, T, "train_rrs")
+    done = stages.rrs_checkpoint(adapter, questions, P, 0, epochs=2, progress=False)
+    assert done == broken and (done / "adapter_model.safetensors").is_file()
+    assert calls[0]["resume"] is True
+
+
+def test_sft_checkpoints(adapter, questions, P, monkeypatch):
+    import rrs.training as T
+
+    calls = count_calls(monkeypatch, T, "train_sft")
+    refusal = stages.sft_checkpoint(adapter, questions, P, 0, kind="refusal", progress=False)
+    mixed = stages.sft_checkpoint(adapter, questions, P, 0, kind="mixed", progress=False)
+    assert refusal.parent != mixed.parent and len(calls) == 2
+    assert [c["kind"] for c in calls] == ["sft_refusal", "sft_mixed"]
+    assert adapter.peft_model is None
+    assert stages.sft_checkpoint(adapter, questions, P, 0, kind="refusal", progress=False) == refusal
+    assert stages.sft_checkpoint(adapter, questions, P, 0, kind="mixed", progress=False) == mixed
+    assert len(calls) == 2  # both cached: no retraining, no regeneration
+    assert json.loads((refusal / "rrs_checkpoint.json").read_text())["train_config"]["lora_r"] == FAST.lora_r
+    with pytest.raises(ValueError, match="unknown SFT kind"):
+        stages.sft_checkpoint(adapter, questions, P, 0, kind="dpo")
+
+
+def test_method_names_map_to_checkpoints(adapter, questions, P, monkeypatch):
+    seen = []
+    monkeypatch.setattr(stages, "rrs_checkpoint", lambda *a, **kw: seen.append(("rrs", kw["top_m"], kw["structure"])))
+    monkeypatch.setattr(stages, "sft_checkpoint", lambda *a, **kw: seen.append(("sft", kw["kind"])))
+    assert stages.method_checkpoint(adapter, questions, P, 0, "vanilla") is None
+    for method in ["rrs", "sft_refusal", "sft_mixed", "rrs_top12.5", "rrs_top25", "rrs_top50", "rrs_basic",
+                   "rrs_parallel"]:
+        stages.method_checkpoint(adapter, questions, P, 0, method)
+    assert seen == [("rrs", None, "mirror"), ("sft", "refusal"), ("sft", "mixed"), ("rrs", 12.5, "mirror"),
+                    ("rrs", 25.0, "mirror"), ("rrs", 50.0, "mirror"), ("rrs", None, "basic"),
+                    ("rrs", None, "parallel")]
+    assert set(stages.METHODS) == {"vanilla", "rrs", "sft_refusal", "sft_mixed", "rrs_top12.5", "rrs_top25",
+                                   "rrs_top50", "rrs_basic", "rrs_parallel"}
+
+
+def test_unknown_method_is_a_clear_error(adapter, questions, P):
+    with pytest.raises(ValueError, match=r"unknown method 'rrs_top10'.*rrs_top12\.5"):
+        stages.method_checkpoint(adapter, questions, P, 0, "rrs_top10")
+
+
+def test_load_method_and_representations(adapter, questions, P):
+    test = stages.split_questions(questions, "test")
+    assert stages.load_method(adapter, questions, P, 0, "vanilla") is None
+    model = stages.load_method(adapter, questions, P, 0, "rrs", progress=False)
+    assert adapter.peft_model is model and model.rrs_fingerprint.startswith("rrs-epoch1-")
+    h = stages.representations(adapter, test, "audio-text", model=model, progress=False)
+    h0 = stages.representations(adapter, test, "audio-text", progress=False)
+    assert h.shape == (2, adapter.hidden_size) and not torch.allclose(h, h0)
+    from rrs.representations import question_inputs
+
+    inputs = question_inputs(test, "audio-text")
+    torch.testing.assert_close(stages.refusal_token_probs(adapter, h, model),
+                               adapter.first_token_probs(inputs, model=model), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(stages.refusal_token_probs(adapter, h0), adapter.first_token_probs(inputs),
+                               atol=1e-6, rtol=1e-5)
+
+
+def test_training_items_and_splits(questions):
+    items = stages.training_items(questions, "parallel", seed=0)
+    assert set(items["split"]) == {"train"} and items.groupby("modality").size().to_dict() == {"audio": 6, "text": 6}
+    assert len(stages.split_questions(questions, "test", "harmful")) == 1
+    with pytest.raises(ValueError, match="no questions with split='advbench'"):
+        stages.split_questions(questions, "advbench")
+    with pytest.raises(ValueError, match="no training questions"):
+        stages.train_questions(questions.assign(split="test"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
+def test_setup_without_gpu_says_what_to_do():
+    with pytest.raises(RuntimeError, match="device='cpu'"):
+        stages.setup("paper", 0, model="unused")

@@ -1,0 +1,208 @@
+"""RRS and SFT training on a tiny Qwen2-Audio: formulas, short runs, resume, refusals."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+from rrs.features import SafetyFeatures
+from rrs.modes import H0_PROMPT, TRAINING_PROMPTS
+from rrs.profiles import TrainConfig
+from rrs.training import (REFUSAL_TEMPLATES, CheckpointMismatchError, attach_lora, compute_targets, detach_lora,
+                          load_trained, lora_config, lora_penalty, mixed_sft_data, refusal_sft_data, rrs_loss,
+                          train_rrs, train_sft, training_examples)
+
+# Full-batch steps on the 8 tiny items: the loss curve is deterministic, not batch noise.
+FAST = TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.0, epochs=2, lr=1e-3, batch_size=8, grad_accum=1,
+                   dtype="float32")
+
+
+def features_for(adapter, items, top_m=None):
+    from rrs.representations import safety_features
+
+    return safety_features(adapter, items, top_m=top_m, progress=False)
+
+
+def lora_weights(peft_model) -> dict:
+    return {n: p.detach().clone() for n, p in peft_model.named_parameters() if "lora_" in n}
+
+
+def test_lora_penalty_by_hand():
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(nn.Sequential(nn.Linear(4, 3)), LoraConfig(r=2, lora_alpha=4, target_modules=["0"]))
+    layer = model.base_model.model[0]
+    with torch.no_grad():
+        layer.lora_A["default"].weight.copy_(torch.ones(2, 4))
+        layer.lora_B["default"].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+    # B·A has rows [1,1,1,1], [1,1,1,1], [2,2,2,2]: ||BA||² = 4 + 4 + 16 = 24; s = 4/2 = 2 -> 4·24
+    torch.testing.assert_close(lora_penalty(model), torch.tensor(96.0))
+    penalty = lora_penalty(model)
+    penalty.backward()
+    assert layer.lora_B["default"].weight.grad is not None  # differentiable
+
+
+def test_rrs_loss():
+    loss, mse, pen = rrs_loss(torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 0.0]]), torch.tensor(3.0), 0.5)
+    torch.testing.assert_close(mse, torch.tensor(2.5))       # (1 + 4) / 2
+    torch.testing.assert_close(loss, torch.tensor(4.0))      # 2.5 + 0.5 * 3
+    torch.testing.assert_close(pen, torch.tensor(3.0))
+
+
+def test_lora_config_from_profile():
+    from rrs.profiles import PAPER
+
+    cfg = lora_config(PAPER.train, "x")
+    assert (cfg.r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules) == (16, 4, 0.1, "x")
+
+
+def test_training_examples(tiny_items):
+    ex = training_examples(tiny_items, modes=("audio-text", "text-only"), seed=3)
+    assert len(ex) == 16 and [e.mode for e in ex[:2]] == ["audio-text", "text-only"]
+    at = [e for e in ex if e.mode == "audio-text"]
+    assert all(e.h0_input.text == H0_PROMPT and e.train_input.text in TRAINING_PROMPTS for e in at)
+    assert all(e.train_input.audio is e.h0_input.audio for e in at)   # the same audio
+    assert [e.train_input.text for e in ex] == [e.train_input.text for e in training_examples(
+        tiny_items, modes=("audio-text", "text-only"), seed=3)]        # seeded
+    assert len({e.train_input.text for e in at}) > 1                    # drawn, not fixed
+    text_rows = tiny_items.assign(modality=["text", "audio"] * 4)       # Parallel's written copy
+    assert [e.mode for e in training_examples(text_rows)][:2] == ["text-only", "audio-text"]
+    with pytest.raises(ValueError, match="labels must be"):
+        training_examples(tiny_items.assign(label="unsafe"))
+
+
+def test_targets_come_from_the_frozen_model(tiny_qwen2_audio_adapter, tiny_items):
+    adapter = tiny_qwen2_audio_adapter
+    ex = training_examples(tiny_items)
+    harmful = [e.h0_input for e in ex if e.label == "harmful"]
+    benign = [e.h0_input for e in ex if e.label == "benign"]
+    h_h = adapter.hidden_states(harmful, progress=False)
+    h_b = adapter.hidden_states(benign, progress=False)
+    delta = torch.randn(adapter.hidden_size)
+    peft_model = attach_lora(adapter, lora_config(FAST, adapter.lora_target_pattern), seed=0)
+    with torch.no_grad():  # make the LoRA adapter change the outputs
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_()
+    assert not torch.allclose(adapter.hidden_states(harmful, progress=False, model=peft_model), h_h, atol=1e-4)
+    t_h, t_b = compute_targets(adapter, harmful, benign, delta)
+    torch.testing.assert_close(t_h, h_h + delta, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(t_b, h_b - delta, atol=1e-5, rtol=1e-5)
+    detach_lora(adapter)
+    torch.testing.assert_close(adapter.hidden_states(harmful, progress=False), h_h)
+
+
+def test_rrs_run_reduces_mse_and_writes_checkpoints(tiny_qwen2_audio_adapter, tiny_items, tmp_path, tmp_rrs_cache):
+    adapter = tiny_qwen2_audio_adapter
+    feats = features_for(adapter, tiny_items)
+    inputs = [e.train_input for e in training_examples(tiny_items)]
+    vanilla = adapter.hidden_states(inputs, progress=False)
+    result = train_rrs(adapter, tiny_items, feats, replace(FAST, epochs=3), tmp_path / "rrs",
+                       seed=0, progress=False)
+    log = result.log
+    assert len(log) == 3 and {"mse", "penalty", "loss", "epoch", "step"} <= set(log[0])
+    mse = [r["mse"] for r in log]
+    assert mse[2] < mse[1] < mse[0] and mse[2] < 0.9 * mse[0], mse
+    assert log[0]["penalty"] == 0.0 and log[-1]["penalty"] > 0   # B starts at zero
+    assert [p.name for p in result.checkpoints] == ["epoch_1", "epoch_2", "epoch_3"]
+    meta = json.loads((tmp_path / "rrs" / "epoch_3" / "rrs_checkpoint.json").read_text())
+    assert meta["model_id"] == adapter.model_id and meta["top_m"] is None
+    assert meta["direction_hash"] == feats.direction_hash and meta["epoch"] == 3
+    assert json.loads((tmp_path / "rrs" / "loss_log.json").read_text()) == json.loads(json.dumps(log))
+    assert not [p for p in (tmp_path / "rrs").iterdir() if p.name.startswith(".")]  # no temp leftovers
+    # the trained model's representations moved; loading a checkpoint reproduces them
+    trained = adapter.hidden_states(inputs, progress=False, model=result.peft_model)
+    assert not torch.allclose(trained, vanilla, atol=1e-3)
+    # model=None stays the vanilla model while the trained LoRA is attached
+    torch.testing.assert_close(adapter.hidden_states(inputs, progress=False), vanilla)
+    model = load_trained(adapter, tmp_path / "rrs" / "epoch_3", features=feats)
+    assert model.rrs_fingerprint.startswith("rrs-epoch3-")
+    torch.testing.assert_close(adapter.hidden_states(inputs, progress=False, model=model), trained)
+    detach_lora(adapter)
+    torch.testing.assert_close(adapter.hidden_states(inputs, progress=False), vanilla)
+
+
+def test_resume_after_interruption_gives_the_same_weights(tiny_items, tmp_path, tmp_rrs_cache):
+    from rrs.models.qwen2_audio import Qwen2AudioAdapter, random_tiny_qwen2_audio
+
+    def fresh():
+        return Qwen2AudioAdapter(*random_tiny_qwen2_audio(seed=0), model_id="tiny-qwen2-audio")
+
+    cfg = TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.1, epochs=2, lr=1e-2, batch_size=3, grad_accum=2,
+                      dtype="float32")
+    a = fresh()
+    feats = features_for(a, tiny_items)
+    full = lora_weights(train_rrs(a, tiny_items, feats, cfg, tmp_path / "full", seed=1, progress=False).peft_model)
+
+    b = fresh()
+
+    def stop_after_first(epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_rrs(b, tiny_items, feats, cfg, tmp_path / "cut", seed=1, progress=False, on_epoch_end=stop_after_first)
+    assert (tmp_path / "cut" / "epoch_1").is_dir() and not (tmp_path / "cut" / "epoch_2").exists()
+    resumed = train_rrs(b, tiny_items, feats, cfg, tmp_path / "cut", seed=1, progress=False, resume=True)
+    assert [r["epoch"] for r in resumed.log] == [1, 1, 2, 2]
+    got = lora_weights(resumed.peft_model)
+    assert got.keys() == full.keys()
+    for name in full:
+        torch.testing.assert_close(got[name], full[name], atol=0, rtol=0)
+    # resuming with another mask is refused
+    other = features_for(b, tiny_items, top_m=25.0)
+    with pytest.raises(CheckpointMismatchError, match="safety mask"):
+        train_rrs(b, tiny_items, other, replace(cfg, epochs=3), tmp_path / "cut", seed=1,
+                  progress=False, resume=True)
+    with pytest.raises(CheckpointMismatchError, match="safety mask"):
+        load_trained(b, tmp_path / "cut" / "epoch_2", features=other)
+
+
+def test_checkpoint_of_another_model_is_refused(tiny_qwen2_audio_adapter, tiny_omni_adapter, tiny_items, tmp_path,
+                                                tmp_rrs_cache):
+    from rrs.models.qwen2_audio import Qwen2AudioAdapter, random_tiny_qwen2_audio
+
+    adapter = tiny_qwen2_audio_adapter
+    feats = features_for(adapter, tiny_items)
+    train_rrs(adapter, tiny_items, feats, replace(FAST, epochs=1), tmp_path / "ck",
+              progress=False)
+    other = Qwen2AudioAdapter(*random_tiny_qwen2_audio(seed=1), model_id="tiny-qwen2-audio")  # same id, other weights
+    with pytest.raises(CheckpointMismatchError, match="not on these weights"):
+        load_trained(other, tmp_path / "ck" / "epoch_1")
+    with pytest.raises(CheckpointMismatchError, match="another model"):
+        train_rrs(other, tiny_items, feats, FAST, tmp_path / "ck", progress=False, resume=True)
+    with pytest.raises(ValueError, match="computed for 'tiny-qwen2-audio', not 'tiny-omni'"):
+        train_rrs(tiny_omni_adapter, tiny_items, feats, FAST, tmp_path / "omni", progress=False)
+
+
+def test_refusal_sft_reduces_cross_entropy(tiny_qwen2_audio_adapter, tiny_items, tmp_path):
+    items, responses = refusal_sft_data(tiny_items)
+    assert len(items) == 4 and set(responses) == {REFUSAL_TEMPLATES[0]}
+    result = train_sft(tiny_qwen2_audio_adapter, items, responses, replace(FAST, epochs=4, lr=1e-2),
+                       tmp_path / "sft", kind="sft-refusal", progress=False)
+    ce = [r["ce"] for r in result.log]
+    assert len(ce) == 4 and all(b < a for a, b in zip(ce, ce[1:])) and ce[-1] < ce[0] - 0.1, ce
+    meta = json.loads((tmp_path / "sft" / "epoch_4" / "rrs_checkpoint.json").read_text())
+    assert meta["kind"] == "sft-refusal" and meta["direction_hash"] is None
+
+
+def test_mixed_sft_data_uses_the_vanilla_answers(tiny_qwen2_audio_adapter, tiny_items):
+    adapter = tiny_qwen2_audio_adapter
+    items, responses = mixed_sft_data(adapter, tiny_items, max_new_tokens=3, progress=False)
+    benign = [e for e in training_examples(tiny_items) if e.label == "benign"]
+    want = adapter.generate([e.train_input for e in benign], max_new_tokens=3, progress=False)
+    assert [r for r, lab in zip(responses, items.label) if lab == "benign"] == want
+    assert all(r == REFUSAL_TEMPLATES[0] for r, lab in zip(responses, items.label) if lab == "harmful")
+
+
+def test_refusal_templates_start_with_I():
+    assert all(t.startswith("I") for t in REFUSAL_TEMPLATES) and len(set(REFUSAL_TEMPLATES)) == len(REFUSAL_TEMPLATES)
+
+
+def test_features_of_another_size_are_refused(tiny_qwen2_audio_adapter, tiny_items, tmp_path):
+    feats = SafetyFeatures.compute(torch.ones(1, 5), torch.zeros(1, 5), torch.ones(5), model_id="tiny-qwen2-audio")
+    with pytest.raises(ValueError, match="hidden size 5"):
+        train_rrs(tiny_qwen2_audio_adapter, tiny_items, feats, FAST, tmp_path, progress=False)
