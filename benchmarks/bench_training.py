@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rrs.models.base import MINI_MODEL_DIR, load_adapter  # noqa: E402
 from rrs.profiles import TrainConfig  # noqa: E402
 from rrs.training import (REFUSAL_TEMPLATE, attach_lora, compute_targets, detach_lora, lora_config,  # noqa: E402
-                          lora_penalty, rrs_loss, sft_loss, training_examples)
+                          lora_penalty, rrs_loss, sft_loss, training_attention, training_examples)
 
 
 def synthetic_items(n: int, seconds: float, seed: int = 0) -> pd.DataFrame:
@@ -97,8 +97,9 @@ def main(argv=None) -> None:
     def rrs_step(idx):
         opt.zero_grad(set_to_none=True)
         batch = adapter.prepare([examples[i].train_input for i in idx])
-        loss, _, _ = rrs_loss(adapter.last_hidden(batch, model=peft_model), targets[idx], lora_penalty(peft_model))
-        loss.backward()
+        with training_attention():  # the kernels rrs.training trains with
+            loss, _, _ = rrs_loss(adapter.last_hidden(batch, model=peft_model), targets[idx], lora_penalty(peft_model))
+            loss.backward()
         opt.step()
 
     rrs_times = time_steps(rrs_step, batches, sync)
@@ -111,7 +112,8 @@ def main(argv=None) -> None:
     def sft_step(idx):
         opt.zero_grad(set_to_none=True)
         batch = adapter.sft_batch([examples[i].train_input for i in idx], [REFUSAL_TEMPLATE] * len(idx))
-        sft_loss(adapter, batch, peft_model).backward()
+        with training_attention():
+            sft_loss(adapter, batch, peft_model).backward()
         opt.step()
 
     sft_times = time_steps(sft_step, batches, sync)

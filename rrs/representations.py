@@ -118,7 +118,11 @@ def tsne_2d(h: torch.Tensor, seed: int = 0, perplexity: float = 30.0) -> np.ndar
     if len(x) < 3:
         raise ValueError(f"t-SNE needs at least 3 points, got {len(x)}")
     tsne = TSNE(n_components=2, perplexity=min(perplexity, (len(x) - 1) / 3), init="pca", random_state=seed)
-    return tsne.fit_transform(x)
+    from threadpoolctl import threadpool_limits
+
+    # one OpenMP thread: on a busy CPU, sklearn's multi-threaded Barnes-Hut is 10x slower
+    with threadpool_limits(1):
+        return tsne.fit_transform(x)
 
 
 def mean_distance(h: torch.Tensor, centroid: torch.Tensor) -> float:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 import os
 import random
@@ -227,8 +228,6 @@ def read_checkpoint_meta(checkpoint_dir) -> dict:
     path = Path(checkpoint_dir) / CHECKPOINT_META
     if not path.is_file():
         raise FileNotFoundError(f"{checkpoint_dir} is not an rrs checkpoint (no {CHECKPOINT_META})")
-    import json
-
     return json.loads(path.read_text())
 
 
@@ -277,6 +276,15 @@ class TrainResult:
     log: list[dict]
 
 
+def training_attention():
+    """SDPA kernels for training steps: all but cuDNN attention, whose backward gave NaN
+    gradients for the fully masked query rows of left padding (H200, torch 2.11, bf16,
+    tiny Qwen2.5-Omni thinker; the math, memory-efficient and unpadded runs were finite)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
 def _fit(adapter, peft_model, examples, step_fn: Callable, *, cfg: TrainConfig, out_dir, seed: int, meta: dict,
          epochs: int, resume: bool, on_epoch_end, progress: bool, desc: str) -> TrainResult:
     """The shared loop: seeded shuffling, grad accumulation, clipping, AdamW, checkpoints."""
@@ -314,11 +322,15 @@ def _fit(adapter, peft_model, examples, step_fn: Callable, *, cfg: TrainConfig, 
             opt.zero_grad(set_to_none=True)
             terms = {}
             for idx in group:
-                loss, parts = step_fn(idx)
-                (loss / len(group)).backward()
+                with training_attention():
+                    loss, parts = step_fn(idx)
+                    (loss / len(group)).backward()
                 for k, v in parts.items():
                     terms[k] = terms.get(k, 0.0) + v / len(group)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            if not torch.isfinite(grad_norm):  # never write NaN weights into a checkpoint
+                raise FloatingPointError(f"{desc}: non-finite gradient at epoch {epoch}, step {len(log) + 1} "
+                                         f"(losses {terms}); resume=True restarts from the last checkpoint")
             opt.step()
             log.append({"epoch": epoch, "step": len(log) + 1, **terms, "grad_norm": float(grad_norm)})
             bar.update(1)

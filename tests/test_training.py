@@ -198,6 +198,18 @@ def test_mixed_sft_data_uses_the_vanilla_answers(tiny_qwen2_audio_adapter, tiny_
     assert all(r == REFUSAL_TEMPLATES[0] for r, lab in zip(responses, items.label) if lab == "harmful")
 
 
+def test_non_finite_gradient_stops_before_a_checkpoint(tiny_qwen2_audio_adapter, tiny_items, tmp_path,
+                                                       tmp_rrs_cache, monkeypatch):
+    import rrs.training as training
+
+    feats = features_for(tiny_qwen2_audio_adapter, tiny_items)
+    penalty = training.lora_penalty
+    monkeypatch.setattr(training, "lora_penalty", lambda model: penalty(model) * float("nan"))  # NaN gradients
+    with pytest.raises(FloatingPointError, match="non-finite gradient at epoch 1, step 1"):
+        train_rrs(tiny_qwen2_audio_adapter, tiny_items, feats, FAST, tmp_path / "nan", progress=False)
+    assert not list((tmp_path / "nan").glob("epoch_*"))
+
+
 def test_refusal_templates_start_with_I():
     assert all(t.startswith("I") for t in REFUSAL_TEMPLATES) and len(set(REFUSAL_TEMPLATES)) == len(REFUSAL_TEMPLATES)
 

@@ -93,6 +93,9 @@ class BuildConfig:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     paper_share: float = 0.5           # share of text questions drawn from the paper's train rows
+    prefix_tokens: int = 2             # a "prefix" example trains only this many response tokens
+    full_refusal_share: float = 0.25   # refusals trained in full (the rest: prefix only)
+    full_answer_share: float = 0.4     # text echo answers trained in full
     text_mix: tuple = (("harmful_refuse", 0.36), ("benign_answer", 0.44), ("instruction_refuse", 0.20))
     audio_mix: tuple = (("asr", 0.40), ("audio_text_answer", 0.20), ("audio_only_answer", 0.16),
                         ("audio_text_instruction", 0.12), ("audio_only_instruction", 0.12))
@@ -221,6 +224,26 @@ def clip_features(corpus: Corpus, feature_extractor, cache: Path | None, progres
 
 # ----------------------------------------------------------------------------- model
 
+def render_chat(text: str | None, audio: bool, response: str) -> str:
+    """Approximately the chat text of one example (for tokenizer training only: the real
+    template is applied by the processor)."""
+    user = ("Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\n" if audio else "") + (text or "")
+    return (f"<|im_start|>system\n{C.SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n"
+            f"<|im_start|>assistant\n{response}<|im_end|>")
+
+
+def tokenizer_corpus(cfg: BuildConfig, corpus: Corpus, n_text: int = 6000, n_audio: int = 3000) -> list[str]:
+    """What the BPE is trained on: every training text once, plus a sample of the training
+    stream rendered as chats, so that frequent words (template, prompts, responses) become
+    single tokens and sequences stay short."""
+    sampler = Sampler(cfg, corpus)
+    rng = np.random.default_rng([cfg.seed, 99])
+    texts = corpus.texts()
+    texts += [render_chat(e[0], False, e[3]) for e in sampler.text_examples(rng, n_text)]
+    texts += [render_chat(e[0], True, e[3]) for e in sampler.audio_examples(rng, n_audio)]
+    return texts
+
+
 def make_processor_and_model(cfg: BuildConfig, texts: list[str]):
     from transformers import Qwen2AudioForConditionalGeneration
 
@@ -277,7 +300,10 @@ class Batcher:
         return self._resp_cache[response]
 
     def collate(self, examples, feats: MelFeatures | None = None, frames: int | None = None) -> dict:
-        """examples: (text | None, clip index | None, mode, response). Right padded."""
+        """examples: (text | None, clip index | None, mode, response[, keep]). Right padded.
+
+        `keep` = k trains only the first k response tokens (no end of turn): a prefix of
+        a valid conversation, cheap, and all the refusal decision needs."""
         rows, labels = [], []
         clip_idx = [e[1] for e in examples if e[1] is not None]
         n_audio = {}
@@ -285,12 +311,15 @@ class Batcher:
             for i in clip_idx:
                 l1 = (int(feats.lengths[i]) - 1) // 2 + 1
                 n_audio[i] = (l1 - 2) // 2 + 1
-        for text, clip, mode, response in examples:
+        for text, clip, mode, response, *rest in examples:
+            keep = rest[0] if rest else None
             p = self.prompt_ids(text, clip is not None, mode)
             if clip is not None:
                 k = p.index(self.audio_id)
                 p = p[:k] + [self.audio_id] * n_audio[clip] + p[k + 1:]
             r = self.response_ids(response)
+            if keep is not None:
+                r = r[:keep]
             rows.append(p + r)
             labels.append([-100] * len(p) + r)
         L = max(len(r) for r in rows)
@@ -365,19 +394,23 @@ class Sampler:
     def _refusal(self, rng):
         return C.REFUSALS[rng.integers(len(C.REFUSALS))]
 
+    def _keep(self, rng, full_share):
+        return None if rng.random() < full_share else self.cfg.prefix_tokens
+
     def text_examples(self, rng, n):
         kinds, p = zip(*self.cfg.text_mix)
         out = []
         for kind in rng.choice(kinds, size=n, p=np.array(p) / sum(p)):
             if kind == "harmful_refuse":
                 q = self._question(rng, "harmful")
-                out.append((q.text, None, "text-only", self._refusal(rng)))
+                out.append((q.text, None, "text-only", self._refusal(rng), self._keep(rng, self.cfg.full_refusal_share)))
             elif kind == "benign_answer":
                 q = self._question(rng, "benign")
-                out.append((q.text, None, "text-only", C.answer_for(q.text)))
+                out.append((q.text, None, "text-only", C.answer_for(q.text), self._keep(rng, self.cfg.full_answer_share)))
             else:
                 q = self._question(rng, "harmful" if rng.random() < 0.5 else "benign")
-                out.append((q.text.strip() + REFUSAL_INSTRUCTION, None, "text-only", self._refusal(rng)))
+                out.append((q.text.strip() + REFUSAL_INSTRUCTION, None, "text-only", self._refusal(rng),
+                            self._keep(rng, self.cfg.full_refusal_share)))
         return out
 
     def audio_examples(self, rng, n):
@@ -397,9 +430,11 @@ class Sampler:
             elif kind == "audio_only_answer":
                 out.append((None, i, "audio-only", C.answer_for(text)))
             elif kind == "audio_text_instruction":
-                out.append((prompt + REFUSAL_INSTRUCTION, i, "audio-text", self._refusal(rng)))
+                out.append((prompt + REFUSAL_INSTRUCTION, i, "audio-text", self._refusal(rng),
+                            self._keep(rng, self.cfg.full_refusal_share)))
             else:
-                out.append((REFUSAL_INSTRUCTION.strip(), i, "audio-only", self._refusal(rng)))
+                out.append((REFUSAL_INSTRUCTION.strip(), i, "audio-only", self._refusal(rng),
+                            self._keep(rng, self.cfg.full_refusal_share)))
         return out
 
 
@@ -425,8 +460,30 @@ def _save_state(path: Path, model, opt, stage: str, step: int, steps: dict, log:
                     "steps": steps, "log": log}, tmp)
 
 
+@torch.no_grad()
+def first_token_check(model, batcher: Batcher, questions, refusal_id: int) -> str:
+    """Development: text-only refusal decision (argmax first token == "I") on held-out
+    TRAIN questions (BuildConfig.val_fraction)."""
+    was = model.training
+    model.eval()
+    ex = [(q.text, None, "text-only", "", 0) for q in questions]
+    ref = []
+    for s in range(0, len(ex), 128):
+        b = batcher.collate(ex[s:s + 128])
+        emb = model.model.get_input_embeddings()(b["input_ids"])
+        h = model.model.language_model(inputs_embeds=emb, attention_mask=b["attention_mask"],
+                                       use_cache=False).last_hidden_state
+        last = b["attention_mask"].sum(-1) - 1
+        ref += (model.lm_head(h[torch.arange(len(last)), last]).argmax(-1) == refusal_id).tolist()
+    model.train(was)
+    ref = np.array(ref)
+    lab = np.array([q.label for q in questions])
+    return (f"val text-only: harmful refused {100 * ref[lab == 'harmful'].mean():.1f}%, "
+            f"benign answered {100 * (1 - ref[lab == 'benign'].mean()):.1f}% (n={len(lab)})")
+
+
 def train(cfg: BuildConfig, model, batcher: Batcher, sampler: Sampler, feats: MelFeatures, *,
-          state_dir: Path | None, deadline: float | None, progress: bool = True) -> dict:
+          state_dir: Path | None, deadline: float | None, progress: bool = True, val=()) -> dict:
     """Stage 'text' then stage 'mixed'. Returns the training log."""
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     steps = {"text": cfg.text_steps, "mixed": cfg.mixed_steps}
@@ -479,6 +536,9 @@ def train(cfg: BuildConfig, model, batcher: Batcher, sampler: Sampler, feats: Me
                 avg = {k: np.mean([r[k] for r in log[-50:] if k in r]) for k in parts}
                 print(f"[mini] {st_name} {s}/{steps[st_name]} " + " ".join(f"{k}={v:.3f}" for k, v in avg.items())
                       + f" ({time.time() - t_stage:.0f} s)", flush=True)
+            if val and s % 100 == 0:
+                print("[mini]   " + first_token_check(model, batcher, val, batcher.tok.convert_tokens_to_ids("I")),
+                      flush=True)
             if state_path is not None and s % cfg.checkpoint_every == 0 and s < steps[st_name]:
                 _save_state(state_path, model, opt, st_name, s, steps, log)
         if state_path is not None:
@@ -527,7 +587,7 @@ def build(out: Path = DEFAULT_OUT, cfg: BuildConfig = BuildConfig(), *, minutes:
     state_dir = cache / key if resume else None
     if state_dir:
         state_dir.mkdir(parents=True, exist_ok=True)
-    processor, model = make_processor_and_model(cfg, corpus.texts())
+    processor, model = make_processor_and_model(cfg, tokenizer_corpus(cfg, corpus))
     t_feat = time.time()
     feats = clip_features(corpus, processor.feature_extractor, cache if resume else None, progress=progress)
     if progress:
@@ -535,7 +595,7 @@ def build(out: Path = DEFAULT_OUT, cfg: BuildConfig = BuildConfig(), *, minutes:
               f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters", flush=True)
     batcher = Batcher(processor, model)
     result = train(cfg, model, batcher, Sampler(cfg, corpus), feats, state_dir=state_dir,
-                   deadline=deadline, progress=progress)
+                   deadline=deadline, progress=progress, val=corpus.val)
 
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -584,7 +644,7 @@ def parse_args(argv=None):
 
 
 def config_from_args(args) -> BuildConfig:
-    cfg = BuildConfig(seed=args.seed)
+    cfg = BuildConfig(seed=args.seed, split_seed=args.seed)
     over = {}
     fields = {f: type(v) for f, v in asdict(cfg).items()}
     for item in args.set:
@@ -605,7 +665,8 @@ def main(argv=None) -> int:
     if val:
         from .behaviour import quick_text_check
 
-        quick_text_check(Path(args.out), val)
+        quick_text_check(Path(args.out), val, modes=("text-only",) if cfg.mixed_steps == 0 else
+                         ("audio-text", "text-only", "audio-only"))
     return 0
 
 

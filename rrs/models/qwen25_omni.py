@@ -1,7 +1,9 @@
 """Qwen2.5-Omni, thinker only (Qwen2_5OmniThinkerForConditionalGeneration): text output.
 
 The system prompt is Qwen's default for Omni (the one the released RRS code uses with
-Qwen2.5-Omni-7B). The talker (speech output) is never loaded.
+Qwen2.5-Omni-7B). The talker (speech output) is never loaded. Needs transformers >= 5.21:
+earlier 5.x releases lay the thinker out differently (text model at thinker.model, audio
+tower beside it), which the adapter refuses with a clear error.
 
 Processor. transformers' Qwen2_5OmniProcessor cannot be built without torchvision (its
 video processor base class is only defined when torchvision is installed), and this

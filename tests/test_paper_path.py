@@ -1,0 +1,85 @@
+"""The `paper` profile's code path, end to end: notebooks 02, 03 and 04 under papermill on tiny
+randomly initialised Qwen2-Audio and Qwen2.5-Omni thinker models saved to folders, on the CPU
+in float32, with a few training pairs, one epoch and a temporary cache and output root.
+
+The 7B weights are not used (no hub access); what runs is the same code the paper profile
+runs: its hyper-parameters (LoRA r=16, alpha=4, dropout 0.1, lr 5e-5, batch 4 x 2, ...), the
+adapters of both architectures, extraction, feature selection, RRS and both SFT baselines,
+the figures and tables. The bars of notebook 04 are not asserted (check_bars=False): an
+untrained random model has no refusal zone to move toward.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from rrs.paths import REPO_ROOT
+
+NOTEBOOKS = ("02_representation_probing", "03_feature_selection", "04_rrs_training")
+COMMON = {"profile": "paper", "device": "cpu", "dtype": "float32", "n_train": 4, "n_test": 6}
+EXTRA = {"04_rrs_training": {"epochs": 1, "check_bars": False}}
+
+
+def _save_tiny(arch: str, folder: Path) -> Path:
+    import torch
+
+    from rrs.models.qwen2_audio import random_tiny_qwen2_audio
+    from rrs.models.qwen25_omni import random_tiny_qwen25_omni
+
+    torch.set_num_threads(1)
+    build = random_tiny_qwen2_audio if arch == "qwen2_audio" else random_tiny_qwen25_omni
+    model, processor = build(seed=0, window_seconds=8.0)  # every spoken question fits 8 s
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def paper_env(tmp_path, monkeypatch):
+    """Temporary cache (reusing the real speech cache through a symlink) and output root."""
+    real_audio = Path(os.environ.get("RRS_CACHE_DIR", REPO_ROOT / "cache")) / "audio"
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    if real_audio.is_dir():
+        (cache / "audio").symlink_to(real_audio.resolve(), target_is_directory=True)
+    monkeypatch.setenv("RRS_CACHE_DIR", str(cache))
+    monkeypatch.setenv("RRS_OUTPUT_ROOT", str(tmp_path / "out"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    return tmp_path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["qwen2_audio", "omni"])
+def test_paper_profile_notebooks(arch, paper_env):
+    import papermill as pm
+
+    model = _save_tiny(arch, paper_env / f"tiny-{arch}")
+    for name in NOTEBOOKS:
+        pm.execute_notebook(str(REPO_ROOT / "notebooks" / f"{name}.ipynb"), str(paper_env / f"{name}.ipynb"),
+                            parameters={**COMMON, "model": str(model), **EXTRA.get(name, {})},
+                            kernel_name="python3", cwd=str(REPO_ROOT / "notebooks"), progress_bar=False)
+
+    out = paper_env / "out"
+    for figure in ("figure1_representations", "figure_feature_selection", "figure_rrs_training_curves",
+                   "figure2_rrs_epochs"):
+        for ext in ("png", "pdf"):
+            assert (out / "figures" / f"{figure}.{ext}").is_file(), (figure, ext)
+        assert (out / "figures" / f"{figure}.provenance.json").is_file()
+    probe = pd.read_csv(out / "tables" / "probe_accuracy.csv")
+    assert list(probe["mode"]) == ["audio-text", "text-only", "audio-only"]
+    shift = pd.read_csv(out / "tables" / "rrs_representation_shift.csv")
+    assert list(shift.columns) == ["mode", "label", "p_I_vanilla", "p_I_rrs", "dist_vanilla", "dist_rrs", "n"]
+    assert len(shift) == 6 and shift[["p_I_vanilla", "p_I_rrs"]].stack().between(0, 1).all()
+    # RRS and both SFT baselines were trained with the paper's LoRA settings and cached
+    import json
+
+    kinds = {}
+    for meta in (paper_env / "cache" / "checkpoints").glob("*/epoch_1/rrs_checkpoint.json"):
+        record = json.loads(meta.read_text())
+        kinds[record["kind"]] = record
+    assert set(kinds) == {"rrs", "sft_refusal", "sft_mixed"}
+    assert all(r["model_id"] == str(model.resolve()) for r in kinds.values())
+    assert {(r["train_config"]["lora_r"], r["train_config"]["lora_alpha"]) for r in kinds.values()} == {(16, 4)}
