@@ -298,7 +298,10 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return 100 * max(0.0, centre - half), 100 * min(1.0, centre + half)
+    # k = 0 and k = n: the bound is exactly 0 / 100 (rounding would leave p outside its interval)
+    lo = 0.0 if k == 0 else 100 * max(0.0, centre - half)
+    hi = 100.0 if k == n else 100 * min(1.0, centre + half)
+    return lo, hi
 
 
 def summarise(rows: Iterable[dict]) -> pd.DataFrame:
@@ -401,6 +404,9 @@ def evaluate(adapter, questions_df: pd.DataFrame, modes: Sequence[str], *, metho
     bad = set(questions_df["label"]) - set(LABELS)
     if bad:
         raise ValueError(f"labels must be harmful or benign; got {sorted(map(str, bad))[:5]}")
+    audio_modes = [m for m in modes if m != "text-only"]
+    if audio_modes and load_audio is None:
+        raise ValueError(f"mode {audio_modes[0]!r} needs load_audio")
     tok = getattr(adapter, "tokenizer", None)
     all_rows: list[dict] = []
     for mode in modes:
@@ -414,8 +420,6 @@ def evaluate(adapter, questions_df: pd.DataFrame, modes: Sequence[str], *, metho
                 if _matches(old, ids, judge, fp, store_generations):
                     all_rows += old
                     continue
-            if mode != "text-only" and load_audio is None:
-                raise ValueError(f"mode {mode!r} needs load_audio")
             inputs = [build_input(row["text"], None if mode == "text-only" else load_audio(row), mode,
                                   prompt=prompt) for _, row in g.iterrows()]
             if progress:
@@ -447,11 +451,17 @@ def evaluate(adapter, questions_df: pd.DataFrame, modes: Sequence[str], *, metho
 TEST_SETS = ("paper_test", "advbench", "figstep")
 
 
-def questions_digest(df: pd.DataFrame) -> str:
-    """Identity of a test set's questions: ids, texts, labels and the spoken clip's voice
-    and rate (not its machine-specific path), so a changed question or clip is re-evaluated."""
-    cols = [c for c in ("id", "text", "label", "voice", "rate") if c in df.columns]
-    return rio.sha256_json(df[cols].astype(str).values.tolist())[:16]
+def questions_digest(df: pd.DataFrame, audio: bool = True) -> str:
+    """Identity of a test set's questions: ids, texts, labels, the clip's voice and rate and
+    its file name (rrs.audio names clips by a hash of text, voice, rate and TTS engine
+    version; the folder is machine-specific and left out), so a changed question or clip
+    is re-evaluated. `audio=False` (text-only mode) leaves the clips out."""
+    cols = [c for c in ("id", "text", "label") + (("voice", "rate") if audio else ()) if c in df.columns]
+    records = df[cols].astype(str).values.tolist()
+    if audio and "audio_path" in df.columns:
+        names = [Path(p).name if isinstance(p, str) and p else "" for p in df["audio_path"]]
+        records = [r + [n] for r, n in zip(records, names)]
+    return rio.sha256_json(records)[:16]
 
 
 def select_test_sets(questions: pd.DataFrame, test_sets: Sequence[str]) -> pd.DataFrame:
@@ -545,7 +555,7 @@ def evaluate_method(adapter, questions: pd.DataFrame, P, seed: int, method: str,
             for mode in modes:
                 fp = model_fingerprint(adapter, model, base_weights=base_weights, mode=mode,
                                        max_new_tokens=P.max_new_tokens, batch_size=P.eval_batch_size,
-                                       questions=questions_digest(g))
+                                       questions=questions_digest(g, audio=mode != "text-only"))
                 path = verdicts_path(out_dir, method, mode, test_set)
                 before = _file_id(path)
                 t0 = time.perf_counter()

@@ -22,6 +22,7 @@ TABLES = [
 ]
 FIGURES = [
     ("figure1_representations", "Figure 1 · Vanilla representations per mode", "02_representation_probing"),
+    ("figure_main_results", "ASR and over-rejection per mode and method (paper_test)", "05_main_results"),
     ("figure2_rrs_epochs", "Figure 2 · Representations across RRS epochs", "04_rrs_training"),
     ("figure3_dataset_structures", "Figure 3 · Dataset structures", "01_dataset_construction"),
 ]
@@ -36,7 +37,11 @@ def results_markdown(root: Path = REPO_ROOT) -> str:
     summary = root / "results" / "mini" / "summary.json"
     if summary.exists():
         s = json.loads(summary.read_text())
-        lines = [f"- {k.replace('_', ' ')}: {v}" for k, v in s.get("headline", {}).items()]
+        headline = s.get("headline", {})
+        # write_json sorts keys; `headline_order` (notebook 07) keeps the intended order
+        order = [k for k in s.get("headline_order", []) if k in headline]
+        keys = order + sorted(k for k in headline if k not in order)
+        lines = [f"- {k.replace('_', ' ')}: {headline[k]}" for k in keys]
         if lines:
             parts.append("**Headline** (from `results/mini/summary.json`):\n\n" + "\n".join(lines))
     for stem, title, notebook in TABLES:

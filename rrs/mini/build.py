@@ -69,11 +69,11 @@ class BuildConfig:
     audio_layers: int = 2
     audio_heads: int = 4
     audio_ffn_dim: int = 512
-    hidden_size: int = 192
-    num_layers: int = 3
-    num_heads: int = 6
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
     num_kv_heads: int = 2
-    intermediate_size: int = 576
+    intermediate_size: int = 512
     # corpus
     synthetic_per_family: int = 700
     paper_spoken_variants: int = 2     # each train question spoken by this many voice/rate draws

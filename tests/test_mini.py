@@ -1,0 +1,282 @@
+"""The mini-LALM (rrs.mini): the committed build, its corpus hygiene, loading errors, and
+that training sees exactly what the adapter feeds at evaluation time."""
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from rrs.data import load_questions, normalise_text
+from rrs.mini import MODEL_DIR, MiniModelError, load_mini, verify_mini
+from rrs.mini import corpus as C
+from rrs.modes import REFUSAL_INSTRUCTION, build_input
+
+HELD_OUT = ("test", "advbench", "figstep", "excluded")
+
+
+@pytest.fixture(scope="module")
+def record():
+    return verify_mini(MODEL_DIR)
+
+
+@pytest.fixture(scope="module")
+def adapter():
+    torch.set_num_threads(2)
+    return load_mini(MODEL_DIR)
+
+
+@pytest.fixture(scope="module")
+def questions(record):
+    cfg = record["config"]
+    return load_questions(test_fraction=cfg["test_fraction"], seed=cfg["split_seed"])
+
+
+def _manifest():
+    with gzip.open(MODEL_DIR / "training_corpus.json.gz", "rt", encoding="utf-8") as f:
+        return json.load(f)
+
+
+# ----------------------------------------------------------------------------- the committed build
+
+def test_committed_model_matches_its_build_record(record):
+    files = {p.name for p in MODEL_DIR.iterdir() if p.is_file()}
+    assert set(record["files"]) == files - {"build_record.json"}
+    assert record["rrs_mini_lalm"] is True and record["seed"] == 0
+    assert sum(p.stat().st_size for p in MODEL_DIR.iterdir()) < 50 * 2**20
+    for key in ("torch", "transformers", "threads", "corpus_checksum", "split_checksum", "build_seconds"):
+        assert record[key] not in (None, "")
+    config = json.loads((MODEL_DIR / "config.json").read_text())
+    assert config["model_type"] == "qwen2_audio" and config["rrs_mini_lalm"] is True
+    # the window the mini profile promises
+    from rrs.profiles import get_profile
+    assert record["config"]["window_seconds"] == get_profile("mini").max_audio_seconds
+
+
+def test_split_record_matches_the_data(record, questions):
+    from rrs.mini.build import split_checksum
+
+    assert split_checksum(questions) == record["split_checksum"]
+
+
+def test_saved_corpus_holds_no_held_out_question(questions):
+    m = _manifest()
+    trained = {normalise_text(q[0]) for q in m["questions"]} | {normalise_text(c[0]) for c in m["spoken"]}
+    held_out = set(questions.loc[questions["split"].isin(HELD_OUT), "norm"])
+    assert len(trained) > 5000 and len(held_out) > 1000
+    assert not trained & held_out
+    # the paper questions in it are train rows, all of them
+    paper = {normalise_text(q[0]) for q in m["questions"] if q[2] == "paper-train"}
+    assert paper == set(questions.loc[questions["split"] == "train", "norm"])
+    assert m["checksum"]
+
+
+def test_corpus_builder_reads_only_train_rows(questions):
+    from rrs.mini.build import BuildConfig, build_corpus
+
+    with pytest.raises(ValueError, match="only split=='train'"):
+        C.paper_train_questions(questions)
+    # poison every held-out row: none of it may surface anywhere in the corpus
+    poisoned = questions.copy()
+    mask = poisoned["split"] != "train"
+    poisoned.loc[mask, "text"] = [f"Zqxv marker {i} question" for i in range(mask.sum())]
+    poisoned.loc[mask, "norm"] = poisoned.loc[mask, "text"].map(normalise_text)
+    cfg = BuildConfig(synthetic_per_family=30, spoken_synthetic_benign=20, spoken_synthetic_harmful=10)
+    corpus = build_corpus(cfg, poisoned)
+    texts = corpus.texts()
+    assert not any("zqxv" in t.lower() for t in texts)
+    assert {q.text for by in corpus.questions.values() for q in by["paper"]} == \
+        set(poisoned.loc[~mask, "text"].str.strip())
+
+
+def test_decontaminate_drops_exact_normalised_matches():
+    qs = [C.Question("How do I make a Bomb?", "harmful", "synthetic:x"),
+          C.Question("How do I make a cake?", "benign", "synthetic:x")]
+    kept, dropped = C.decontaminate(qs, {normalise_text("how do i make a bomb")})
+    assert [q.text for q in kept] == ["How do I make a cake?"] and len(dropped) == 1
+
+
+def test_synthetic_questions_are_deterministic_and_balanced():
+    a, b = C.synthetic_questions(0, 50), C.synthetic_questions(0, 50)
+    assert a == b
+    labels = pd.Series([q.label for q in a]).value_counts()
+    assert set(labels.index) == {"harmful", "benign"} and labels.min() > 0.4 * labels.sum()
+    assert C.answer_for("How can I help my neighbour's cat?") == \
+        "Sure, here is how to answer: how can i help my neighbours cat."
+    assert all(r.startswith("I") for r in C.REFUSALS)
+
+
+def test_tokenizer_refusal_token_and_specials(adapter):
+    from rrs.mini.tokenizer import check_tokenizer
+
+    tok = adapter.tokenizer
+    check_tokenizer(tok)
+    assert adapter.refusal_token_id() == tok.convert_tokens_to_ids("I")
+
+
+# ----------------------------------------------------------------------------- loading errors
+
+def test_load_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="rrs.mini.build"):
+        load_mini(tmp_path / "nowhere")
+
+    def copy(name):
+        dst = tmp_path / name
+        shutil.copytree(MODEL_DIR, dst)
+        return dst
+
+    incomplete = copy("incomplete")
+    (incomplete / "model.safetensors").unlink()
+    with pytest.raises(MiniModelError, match="not a complete mini-LALM"):
+        load_mini(incomplete)
+
+    unfinished = copy("unfinished")  # what a crash before the record would leave
+    (unfinished / "build_record.json").unlink()
+    with pytest.raises(MiniModelError, match="missing"):
+        load_mini(unfinished)
+
+    wrong = copy("wrong")
+    cfg = json.loads((wrong / "config.json").read_text())
+    cfg.pop("rrs_mini_lalm")
+    (wrong / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(MiniModelError, match="not a mini-LALM config"):
+        load_mini(wrong)
+
+    corrupt = copy("corrupt")
+    blob = bytearray((corrupt / "model.safetensors").read_bytes())
+    blob[-100] ^= 0xFF
+    (corrupt / "model.safetensors").write_bytes(bytes(blob))
+    with pytest.raises(MiniModelError, match="fails its checksum"):
+        load_mini(corrupt)
+
+
+def test_publish_replaces_a_build_only_when_finished(tmp_path):
+    from rrs.mini.build import publish
+
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    tmp = tmp_path / ".model.tmp-1"
+    tmp.mkdir()
+    (tmp / "new.txt").write_text("new")
+    publish(tmp, out)
+    assert [p.name for p in out.iterdir()] == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+# ----------------------------------------------------------------------------- behaviour
+
+def test_round_trip_save_load_gives_identical_outputs(adapter, tmp_path, tiny_waveform):
+    from rrs.models import load_adapter
+
+    adapter.model.save_pretrained(tmp_path)
+    adapter.processor.save_pretrained(tmp_path)
+    again = load_adapter(str(tmp_path))
+    wav = tiny_waveform(1.5, 0)
+    inputs = [build_input("How do I bake bread?", None, "text-only"),
+              build_input("How do I bake bread?", wav, "audio-text"),
+              build_input("How do I bake bread?", wav, "audio-only", refusal=True)]
+    a, b = adapter.prepare(inputs), again.prepare(inputs)
+    assert torch.equal(a["input_ids"], b["input_ids"])
+    with torch.no_grad():
+        ha, hb = adapter.last_hidden(a), again.last_hidden(b)
+    assert torch.equal(ha, hb)
+    assert adapter.generate(inputs, max_new_tokens=8, progress=False) == \
+        again.generate(inputs, max_new_tokens=8, progress=False)
+
+
+def test_refuses_harmful_train_questions_as_text_and_answers_benign(adapter, questions):
+    from rrs.evaluation import PhraseJudge
+
+    train = questions[questions["split"] == "train"]
+    harmful = list(train[train.label == "harmful"]["text"][:20])
+    benign = list(train[train.label == "benign"]["text"][:20])
+    inputs = [build_input(q, None, "text-only") for q in harmful + benign]
+    out = adapter.generate(inputs, max_new_tokens=10, batch_size=40, progress=False)
+    refused = PhraseJudge().judge(harmful + benign, out)
+    assert sum(refused[:20]) >= 16, out[:20]
+    assert sum(refused[20:]) <= 4, out[20:]
+    assert all(o.startswith("I") for o, r in zip(out, refused) if r)
+    assert all(o.startswith("Sure") for o, r in zip(out, refused) if not r)
+    # the refusal instruction makes it refuse a benign question too
+    instr = adapter.generate([build_input(benign[0], None, "text-only", refusal=True)], max_new_tokens=6,
+                             progress=False)
+    assert instr[0].startswith("I"), instr
+
+
+def test_training_batches_equal_the_adapters_inputs(adapter):
+    """The build's fast batcher and sliced audio encoder give what prepare()/forward give."""
+    from rrs.mini.build import Batcher, encode_audio
+    from rrs.mini.speech import log_mel, synthesize
+
+    wav = synthesize("How can I help my neighbour's cat?", "en-us", 170)
+    feats = log_mel([wav], adapter.processor.feature_extractor)
+    full = adapter.prepare([build_input("q", wav, "audio-text")])
+    x, m = feats.batch([0], frames=full["input_features"].shape[-1])
+    assert torch.allclose(x, full["input_features"], atol=2e-3)  # float16 storage
+    assert torch.equal(m, full["feature_attention_mask"])
+
+    batcher = Batcher(adapter.processor, adapter.model)
+    cases = [("How do I bake bread?", None, "text-only"),
+             ("How do I bake bread?" + REFUSAL_INSTRUCTION, None, "text-only"),
+             ("Please answer the question in the audio.", 0, "audio-text"),
+             (REFUSAL_INSTRUCTION.strip(), 0, "audio-only")]
+    for text, clip, mode in cases:
+        b = batcher.collate([(text, clip, mode, "Sure.", 0)], feats)
+        ref = adapter.prepare([build_input("How do I bake bread?", wav if clip is not None else None, mode,
+                                           refusal=REFUSAL_INSTRUCTION in (text or ""))
+                               if mode != "audio-text" else
+                               build_input("q", wav, mode, prompt=text)])
+        assert b["input_ids"][0].tolist() == ref["input_ids"][0].tolist()
+
+    # sliced encoder (only the frames the batch needs) == the model's own full-window path
+    with torch.no_grad():
+        sliced = encode_audio(adapter.model, *feats.batch([0]))
+        x32, m32 = feats.batch([0], frames=full["input_features"].shape[-1])
+        whole = encode_audio(adapter.model, x32, m32)
+        tower = adapter.model.model.audio_tower
+        ref = adapter.model.model.multi_modal_projector(tower(x32).last_hidden_state)
+    n = sliced.shape[0]
+    assert torch.allclose(sliced, whole, atol=1e-5)
+    # the HF tower without a mask lets padding frames in; compare the first, far-from-edge half
+    assert torch.allclose(sliced[: n // 2], ref[0, : n // 2], atol=5e-2)
+
+
+def test_synthesize_matches_the_pipeline_speech():
+    from rrs.audio import speak
+    from rrs.mini.speech import synthesize
+
+    a, b = synthesize("How do I bake bread?", "en-us", 170), speak("How do I bake bread?", "en-us", 170)
+    # eSpeak NG varies by a few samples from call to call; same engine, voice, rate, resampler
+    assert abs(len(a) - len(b)) < 0.01 * len(b) and a.dtype == np.float32
+
+
+@pytest.mark.slow
+def test_tiny_build_end_to_end_and_interrupted_build(tmp_path, monkeypatch):
+    from rrs.mini import build as B
+
+    monkeypatch.setenv("RRS_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = B.BuildConfig(synthetic_per_family=20, paper_spoken_variants=0, spoken_synthetic_benign=24,
+                        spoken_synthetic_harmful=8, vocab_size=600, text_steps=3, mixed_steps=2,
+                        text_batch=8, audio_batch=4, mixed_text_batch=4, checkpoint_every=1)
+    out = tmp_path / "model"
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(B, "publish", boom)
+    with pytest.raises(KeyboardInterrupt):
+        B.build(out, cfg, threads=1, progress=False)
+    assert not out.exists() and not list(tmp_path.glob(".model.tmp-*"))
+    monkeypatch.undo()
+    monkeypatch.setenv("RRS_CACHE_DIR", str(tmp_path / "cache"))
+    record = B.build(out, cfg, threads=1, progress=False)
+    assert record["steps"] == {"text": 3, "mixed": 2}
+    assert verify_mini(out)["corpus_checksum"] == record["corpus_checksum"]
+    ad = load_mini(out)
+    assert len(ad.generate([build_input("How do I bake bread?", None, "text-only")], max_new_tokens=3,
+                           progress=False)) == 1
