@@ -371,8 +371,7 @@ def prepare_dataset(profile, seed: int = 0, progress: bool = True) -> pd.DataFra
     prof = profile if isinstance(profile, Profile) else get_profile(profile)
     df = load_questions(test_fraction=prof.test_fraction, seed=seed)
     df = _cap_groups(df, "train", prof.max_train_pairs, seed)
-    for name in ("paper_test", "advbench", "figstep"):
-        split = "test" if name == "paper_test" else name
+    for split in ("advbench", "figstep"):  # the extra test sets; paper_test is never capped
         df = _cap_groups(df, split, prof.max_eval_questions, seed)
     df = audio.speak_questions(df.reset_index(drop=True), voices=prof.tts.voices,
                                rates=prof.tts.rates, max_seconds=prof.max_audio_seconds,

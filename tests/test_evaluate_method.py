@@ -227,3 +227,14 @@ def test_tables_dir_untouched_when_a_pivot_fails(tmp_path):
         tables.append_long(tables_dir / "results_long.csv", long.drop(columns=["n"]))
     assert {p.name: p.read_bytes() for p in tables_dir.iterdir()} == before
     assert json.loads((tables_dir / "table3_top_m.provenance.json").read_text())["table"] == "table3_top_m"
+
+
+def test_readme_headline_keeps_the_summary_order(tmp_path):
+    """summary.json is written with sorted keys; `headline_order` (notebook 07) restores the order."""
+    from rrs import io as rio, report
+
+    headline = {"model": "mini-lalm", "judge": "rrs-refusal-phrases v1", "RRS_ASR_vs_vanilla": "x"}
+    rio.write_json(tmp_path / "results" / "mini" / "summary.json",
+                   {"headline": headline, "headline_order": list(headline)})
+    text = report.results_markdown(tmp_path)
+    assert text.index("- model: mini-lalm") < text.index("- judge:") < text.index("- RRS ASR vs vanilla: x")
