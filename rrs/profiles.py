@@ -100,12 +100,12 @@ MINI = Profile(
     max_audio_seconds=8.0,  # eSpeak NG at 150-190 wpm: every question fits (max 8.0 s)
     tts=TTSConfig(),
     train=TrainConfig(
-        lora_r=8, lora_alpha=16, lora_dropout=0.0, epochs=6, lr=2e-3, batch_size=16,
+        lora_r=8, lora_alpha=16, lora_dropout=0.0, epochs=3, lr=2e-3, batch_size=16,
         grad_accum=1, dtype="float32",
     ),
     eval_batch_size=64,
     max_new_tokens=24,
-    checkpoint_epochs=(0, 1, 3, 6),
+    checkpoint_epochs=(0, 1, 2, 3),
     commit_outputs=True,
 )
 

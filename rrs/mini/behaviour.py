@@ -137,4 +137,31 @@ def quick_text_check(model_dir: Path, val_questions, modes=MODES) -> pd.DataFram
     rows = measure(adapter, df, audio, modes=modes, first_token=False)
     t = behaviour_table(rows)
     print(t.to_string(index=False))
+    if audio is not None:
+        tr = transcription(adapter, df, audio)
+        print(f"val transcription WER {100 * tr.errors.sum() / tr.words.sum():.1f}%")
+        for r in tr.head(5).itertuples(index=False):
+            print("   ", r.label, "|", df.set_index("id").loc[r.id, "text"], "->", r.transcript)
     return t
+
+
+def word_error_rate(ref: str, hyp: str) -> tuple[int, int]:
+    """(edit distance in words, reference length) between normalised texts."""
+    from ..data import normalise_text
+
+    r, h = normalise_text(ref).split(), normalise_text(hyp).split()
+    d = list(range(len(h) + 1))
+    for i, rw in enumerate(r, 1):
+        prev, d[0] = d[0], i
+        for j, hw in enumerate(h, 1):
+            prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (rw != hw))
+    return d[len(h)], len(r)
+
+
+def transcription(adapter, df: pd.DataFrame, audio: dict, *, prompt: str = "Transcribe the audio.",
+                  max_new_tokens: int = 40, batch_size: int = 64) -> pd.DataFrame:
+    """How well the model hears: its transcription of each spoken question and the WER."""
+    inputs = [build_input(r.text, audio[r.id], "audio-text", prompt=prompt) for r in df.itertuples(index=False)]
+    hyps = adapter.generate(inputs, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
+    errs = [word_error_rate(r.text, h) for r, h in zip(df.itertuples(index=False), hyps)]
+    return df[["id", "label"]].assign(transcript=hyps, errors=[e for e, _ in errs], words=[n for _, n in errs])

@@ -82,27 +82,31 @@ class BuildConfig:
     voices: tuple = ("en-us", "en", "en-us+f3", "en+m3")
     rates: tuple = (150, 170, 190)
     # training
-    text_steps: int = 500
+    text_steps: int = 400
     text_batch: int = 64
-    mixed_steps: int = 450
+    mixed_steps: int = 400
     audio_batch: int = 24
-    mixed_text_batch: int = 24
+    mixed_text_batch: int = 32
     lr: float = 2e-3
     warmup: int = 30
     min_lr_ratio: float = 0.1
-    weight_decay: float = 0.01
+    weight_decay: float = 0.05
+    attention_dropout: float = 0.1
     max_grad_norm: float = 1.0
-    paper_share: float = 0.5           # share of text questions drawn from the paper's train rows
+    mixed_llm_lr_scale: float = 0.5    # the LLM's learning rate in the audio stage, relative
+    ctc_weight: float = 1.0            # auxiliary CTC loss on the encoder (training only)
+    paper_share: float = 0.4           # share of text questions drawn from the paper's train rows
+    paper_surface_noise: bool = True   # lower-case / drop the final "?" of some paper questions
     prefix_tokens: int = 2             # a "prefix" example trains only this many response tokens
     full_refusal_share: float = 0.25   # refusals trained in full (the rest: prefix only)
     full_answer_share: float = 0.4     # text echo answers trained in full
-    text_mix: tuple = (("harmful_refuse", 0.36), ("benign_answer", 0.44), ("instruction_refuse", 0.20))
+    text_mix: tuple = (("harmful_refuse", 0.34), ("benign_answer", 0.46), ("instruction_refuse", 0.20))
     audio_mix: tuple = (("asr", 0.40), ("audio_text_answer", 0.20), ("audio_only_answer", 0.16),
                         ("audio_text_instruction", 0.12), ("audio_only_instruction", 0.12))
     checkpoint_every: int = 100
     # development only: hold out this share of train groups (never trained on) to measure
     # generalisation without looking at the test split
-    val_fraction: float = 0.0
+    val_fraction: float = 0.2
 
 
 # ----------------------------------------------------------------------------- corpus
@@ -262,6 +266,8 @@ def make_processor_and_model(cfg: BuildConfig, texts: list[str]):
         audio_d_model=cfg.audio_d_model, audio_layers=cfg.audio_layers, audio_heads=cfg.audio_heads,
         audio_ffn_dim=cfg.audio_ffn_dim, max_position_embeddings=1024,
         pad_token_id=tok.pad_token_id, eos_token_id=im_end)
+    config.text_config.attention_dropout = cfg.attention_dropout
+    config.audio_config.attention_dropout = cfg.attention_dropout
     setattr(config, MARKER, True)
     torch.manual_seed(cfg.seed)
     model = Qwen2AudioForConditionalGeneration(config)
@@ -285,6 +291,7 @@ class Batcher:
         self.pad = self.tok.pad_token_id
         self._prompt_cache: dict = {}
         self._resp_cache: dict = {}
+        self.clip_texts = None  # set by the build: clip index -> spoken text (CTC targets)
 
     def prompt_ids(self, text: str | None, audio: bool, mode: str) -> list[int]:
         key = (text, audio, mode)
@@ -333,13 +340,16 @@ class Batcher:
         out = {"input_ids": ids, "attention_mask": att, "labels": lab}
         if clip_idx:
             out["input_features"], out["feature_attention_mask"] = feats.batch(clip_idx, frames)
+            if self.clip_texts is not None:
+                out["ctc_targets"] = [self.response_ids(C.transcript_for(self.clip_texts[i]))[:-1] for i in clip_idx]
         return out
 
 
-def encode_audio(model, input_features, feature_attention_mask) -> torch.Tensor:
+def encode_audio(model, input_features, feature_attention_mask, return_encoder: bool = False):
     """Projected audio embeddings of the valid frames, concatenated over the batch: the
     computation of Qwen2AudioModel.forward, but on as many mel frames as the batch needs
-    (the encoder insists on the full window; masking makes the valid outputs identical)."""
+    (the encoder insists on the full window; masking makes the valid outputs identical).
+    With return_encoder, also (encoder output [B, T, d], valid lengths [B])."""
     from transformers.masking_utils import create_bidirectional_mask
 
     tower = model.model.audio_tower
@@ -356,22 +366,35 @@ def encode_audio(model, input_features, feature_attention_mask) -> torch.Tensor:
     x = tower.layer_norm(x)
     a = model.model.multi_modal_projector(x)
     valid = torch.arange(a.shape[1])[None, :] < lout[:, None]
-    return a[valid]
+    return (a[valid], x, lout) if return_encoder else a[valid]
 
 
-def loss_fn(model, batch, audio_id: int) -> torch.Tensor:
+def loss_fn(model, batch, audio_id: int, ctc_head=None):
+    """Next-token cross-entropy on the response tokens; with `ctc_head` and an audio batch,
+    also (second value) a CTC loss of the encoder output against the transcript tokens:
+    an auxiliary head used only while training (it teaches the small encoder to hear fast;
+    it is not part of the saved model)."""
     ids = batch["input_ids"]
     emb = model.model.get_input_embeddings()(ids)
+    ctc = None
     if "input_features" in batch:
-        a = encode_audio(model, batch["input_features"], batch["feature_attention_mask"])
+        a, enc, lout = encode_audio(model, batch["input_features"], batch["feature_attention_mask"],
+                                    return_encoder=True)
         emb = emb.masked_scatter((ids == audio_id)[..., None], a.to(emb.dtype))
+        if ctc_head is not None and batch.get("ctc_targets"):
+            logp = F.log_softmax(ctc_head(enc).float(), dim=-1).transpose(0, 1)  # [T, B, V+1]
+            tg = batch["ctc_targets"]
+            ctc = F.ctc_loss(logp, torch.cat([torch.tensor(t) for t in tg]), lout,
+                             torch.tensor([len(t) for t in tg]), blank=ctc_head.out_features - 1,
+                             reduction="mean", zero_infinity=True)
     pos = torch.arange(ids.shape[1])[None, :].expand_as(ids)
     h = model.model.language_model(inputs_embeds=emb, attention_mask=batch["attention_mask"],
                                    position_ids=pos, use_cache=False).last_hidden_state
     labels = batch["labels"][:, 1:]
     sel = labels != -100
     logits = model.lm_head(h[:, :-1][sel])
-    return F.cross_entropy(logits.float(), labels[sel])
+    loss = F.cross_entropy(logits.float(), labels[sel])
+    return (loss, ctc) if ctc_head is not None else loss
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -389,7 +412,15 @@ class Sampler:
     def _question(self, rng, label):
         src = "paper" if rng.random() < self.cfg.paper_share and self.q[label]["paper"] else "synthetic"
         pool = self.q[label][src]
-        return pool[rng.integers(len(pool))]
+        q = pool[rng.integers(len(pool))]
+        if src == "paper" and self.cfg.paper_surface_noise:
+            # surface variation (case, final punctuation): the same question, as users type it
+            r = rng.random()
+            text = q.text.lower() if r < 0.15 else q.text
+            if rng.random() < 0.2:
+                text = text.rstrip("?.! ")
+            q = C.Question(text or q.text, q.label, q.source)
+        return q
 
     def _refusal(self, rng):
         return C.REFUSALS[rng.integers(len(C.REFUSALS))]
@@ -454,10 +485,10 @@ def run_key(cfg: BuildConfig, corpus_checksum: str) -> str:
                             "transformers": transformers.__version__, "format": FORMAT})[:16]
 
 
-def _save_state(path: Path, model, opt, stage: str, step: int, steps: dict, log: list):
+def _save_state(path: Path, model, ctc_head, opt, stage: str, step: int, steps: dict, log: list):
     with rio.atomic_path(path) as tmp:
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "stage": stage, "step": step,
-                    "steps": steps, "log": log}, tmp)
+        torch.save({"model": model.state_dict(), "ctc_head": ctc_head.state_dict(), "opt": opt.state_dict(),
+                    "stage": stage, "step": step, "steps": steps, "log": log}, tmp)
 
 
 @torch.no_grad()
@@ -485,7 +516,15 @@ def first_token_check(model, batcher: Batcher, questions, refusal_id: int) -> st
 def train(cfg: BuildConfig, model, batcher: Batcher, sampler: Sampler, feats: MelFeatures, *,
           state_dir: Path | None, deadline: float | None, progress: bool = True, val=()) -> dict:
     """Stage 'text' then stage 'mixed'. Returns the training log."""
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    torch.manual_seed(cfg.seed + 1)
+    ctc_head = torch.nn.Linear(model.config.audio_config.d_model, model.config.text_config.vocab_size + 1)
+    audio_params = list(model.model.audio_tower.parameters()) + list(model.model.multi_modal_projector.parameters())
+    audio_ids = {id(p) for p in audio_params}
+    llm_params = [p for p in model.parameters() if id(p) not in audio_ids]
+    # group 0: the LLM (a gentler rate in the audio stage), group 1: encoder, projector, CTC head
+    opt = torch.optim.AdamW([{"params": llm_params, "scale": 1.0},
+                             {"params": audio_params + list(ctc_head.parameters()), "scale": 1.0}],
+                            lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     steps = {"text": cfg.text_steps, "mixed": cfg.mixed_steps}
     stage, start, log = "text", 0, []
     state_path = state_dir / "state.pt" if state_dir else None
@@ -493,6 +532,7 @@ def train(cfg: BuildConfig, model, batcher: Batcher, sampler: Sampler, feats: Me
         try:
             st = torch.load(state_path, weights_only=False)
             model.load_state_dict(st["model"])
+            ctc_head.load_state_dict(st["ctc_head"])
             opt.load_state_dict(st["opt"])
             stage, start, steps, log = st["stage"], st["step"], st["steps"], st["log"]
             print(f"[mini] resuming from {state_path} at {stage} step {start}", flush=True)
@@ -507,8 +547,9 @@ def train(cfg: BuildConfig, model, batcher: Batcher, sampler: Sampler, feats: Me
         s = s0
         while s < steps[st_name]:
             rng = np.random.default_rng([cfg.seed, order.index(st_name), s])
-            for g in opt.param_groups:
-                g["lr"] = lr_at(cfg, s, steps[st_name])
+            for gi, g in enumerate(opt.param_groups):
+                scale = cfg.mixed_llm_lr_scale if (st_name == "mixed" and gi == 0) else 1.0
+                g["lr"] = scale * lr_at(cfg, s, steps[st_name])
             if st_name == "text":
                 batch = batcher.collate(sampler.text_examples(rng, cfg.text_batch))
                 loss = loss_fn(model, batch, batcher.audio_id)
@@ -516,12 +557,13 @@ def train(cfg: BuildConfig, model, batcher: Batcher, sampler: Sampler, feats: Me
             else:
                 a = batcher.collate(sampler.audio_examples(rng, cfg.audio_batch), feats)
                 t = batcher.collate(sampler.text_examples(rng, cfg.mixed_text_batch))
-                la, lt = loss_fn(model, a, batcher.audio_id), loss_fn(model, t, batcher.audio_id)
-                loss = la + lt
-                parts = {"audio": la.item(), "text": lt.item()}
+                la, lc = loss_fn(model, a, batcher.audio_id, ctc_head)
+                lt = loss_fn(model, t, batcher.audio_id)
+                loss = la + lt + (cfg.ctc_weight * lc if lc is not None and cfg.ctc_weight else 0.0)
+                parts = {"audio": la.item(), "text": lt.item(), "ctc": lc.item() if lc is not None else float("nan")}
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(ctc_head.parameters()), cfg.max_grad_norm)
             opt.step()
             s += 1
             log.append({"stage": st_name, "step": s, **{k: round(v, 4) for k, v in parts.items()}})
@@ -540,11 +582,11 @@ def train(cfg: BuildConfig, model, batcher: Batcher, sampler: Sampler, feats: Me
                 print("[mini]   " + first_token_check(model, batcher, val, batcher.tok.convert_tokens_to_ids("I")),
                       flush=True)
             if state_path is not None and s % cfg.checkpoint_every == 0 and s < steps[st_name]:
-                _save_state(state_path, model, opt, st_name, s, steps, log)
+                _save_state(state_path, model, ctc_head, opt, st_name, s, steps, log)
         if state_path is not None:
             nxt = order.index(st_name) + 1
             if nxt < len(order):
-                _save_state(state_path, model, opt, order[nxt], 0, steps, log)
+                _save_state(state_path, model, ctc_head, opt, order[nxt], 0, steps, log)
     model.eval()
     return {"steps": steps, "log": log}
 
@@ -594,6 +636,7 @@ def build(out: Path = DEFAULT_OUT, cfg: BuildConfig = BuildConfig(), *, minutes:
         print(f"[mini] speech + features: {time.time() - t_feat:.0f} s; model "
               f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters", flush=True)
     batcher = Batcher(processor, model)
+    batcher.clip_texts = [c.text for c in corpus.clips]
     result = train(cfg, model, batcher, Sampler(cfg, corpus), feats, state_dir=state_dir,
                    deadline=deadline, progress=progress, val=corpus.val)
 
