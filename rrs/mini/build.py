@@ -646,9 +646,10 @@ def build(out: Path = DEFAULT_OUT, cfg: BuildConfig = BuildConfig(), *, minutes:
     try:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        with gzip.open(tmp / MANIFEST, "wt", encoding="utf-8", compresslevel=9) as f:
-            # mtime=0 via GzipFile would be nicer; content checksum is inside the manifest
-            json.dump(manifest, f, sort_keys=True)
+        blob = json.dumps(manifest, sort_keys=True).encode("utf-8")
+        with open(tmp / MANIFEST, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw,
+                                                               compresslevel=9, mtime=0) as f:
+            f.write(blob)  # mtime 0, no file name: the same corpus gives the same bytes
         record = {
             MARKER: True, "format": FORMAT, "seed": cfg.seed, "config": asdict(cfg),
             "steps": result["steps"], "final_losses": result["log"][-1] if result["log"] else None,
@@ -694,7 +695,7 @@ def config_from_args(args) -> BuildConfig:
         k, _, v = item.partition("=")
         if k not in fields:
             raise SystemExit(f"rrs.mini.build: unknown config field {k!r}")
-        over[k] = json.loads(v) if fields[k] in (tuple, list) else fields[k](v)
+        over[k] = json.loads(v) if fields[k] in (tuple, list, bool) else fields[k](v)
         if fields[k] is tuple:
             over[k] = tuple(tuple(x) if isinstance(x, list) else x for x in over[k])
     return replace(cfg, **over)
