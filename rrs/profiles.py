@@ -94,9 +94,9 @@ MINI = Profile(
     models=("mini-lalm",),
     device="cpu",
     dtype="float32",
-    # AdvBench and FigStep are sampled (150 pairs / 150 questions, seeded) so that the
+    # AdvBench and FigStep are sampled (50 pairs / 50 questions, seeded) so that the
     # 4 methods x 3 modes of Table 1 fit a 2-core CPU; n is reported with every number.
-    max_eval_questions=150,
+    max_eval_questions=50,
     max_audio_seconds=8.0,  # eSpeak NG at 150-190 wpm: every question fits (max 8.0 s)
     tts=TTSConfig(),
     train=TrainConfig(
