@@ -8,5 +8,7 @@ export RRS_OUTPUT_ROOT=${RRS_OUTPUT_ROOT:-$(mktemp -d)}
 export PYTHONHASHSEED=0
 echo "[tests] unit tests"
 .venv/bin/python -m pytest tests -q "$@"
-echo "[tests] notebooks (nbval, outputs under $RRS_OUTPUT_ROOT)"
-.venv/bin/python -m pytest --nbval-lax notebooks -q -p no:cacheprovider
+# every notebook runs top to bottom on the `ci` profile: the mini model and the whole
+# pipeline on a few questions and one epoch (rrs/profiles.py); ./run_all.sh makes the results
+echo "[tests] notebooks (nbval, profile ci, outputs under $RRS_OUTPUT_ROOT)"
+RRS_PROFILE=ci .venv/bin/python -m pytest --nbval-lax notebooks -q -p no:cacheprovider

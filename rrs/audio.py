@@ -81,6 +81,21 @@ class _ESpeak:
             pcm = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
         return pcm.astype(np.float32) / 32768.0
 
+    def phonemes(self, text: str, voice: str = "en-us") -> str:
+        """eSpeak NG's own IPA phonemes of `text` (what it would speak), clauses joined by
+        spaces."""
+        fn = self.lib.espeak_TextToPhonemes
+        fn.restype = ctypes.c_char_p
+        fn.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int]
+        with self.lock:
+            if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
+                raise ValueError(f"eSpeak NG has no voice {voice!r}")
+            buf = ctypes.c_char_p(text.encode("utf-8"))
+            out = []
+            while buf.value:
+                out.append(fn(ctypes.pointer(buf), self._CHARS_UTF8, 0x02).decode("utf-8"))
+        return " ".join(x.strip() for x in out if x.strip())
+
 
 _ENGINE: _ESpeak | None = None
 

@@ -348,7 +348,7 @@ RECORD_CHECKSUMS: dict[str, str] = {k: s.records_sha256 for k, s in SOURCES.item
 
 # ----------------------------------------------------------------------------- the prepared set
 
-def _cap_groups(df: pd.DataFrame, split: str, limit: int | None, seed: int) -> pd.DataFrame:
+def cap_groups(df: pd.DataFrame, split: str, limit: int | None, seed: int) -> pd.DataFrame:
     """Keep at most `limit` groups (pairs) of one split, drawn with `seed`."""
     if limit is None:
         return df
@@ -370,9 +370,10 @@ def prepare_dataset(profile, seed: int = 0, progress: bool = True) -> pd.DataFra
 
     prof = profile if isinstance(profile, Profile) else get_profile(profile)
     df = load_questions(test_fraction=prof.test_fraction, seed=seed)
-    df = _cap_groups(df, "train", prof.max_train_pairs, seed)
-    for split in ("advbench", "figstep"):  # the extra test sets; paper_test is never capped
-        df = _cap_groups(df, split, prof.max_eval_questions, seed)
+    df = cap_groups(df, "train", prof.max_train_pairs, seed)
+    df = cap_groups(df, "test", prof.max_test_pairs, seed)  # capped only by the ci profile
+    for split in ("advbench", "figstep"):  # the extra test sets
+        df = cap_groups(df, split, prof.max_eval_questions, seed)
     df = audio.speak_questions(df.reset_index(drop=True), voices=prof.tts.voices,
                                rates=prof.tts.rates, max_seconds=prof.max_audio_seconds,
                                seed=seed, progress=progress)

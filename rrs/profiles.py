@@ -50,6 +50,7 @@ class Profile:
     test_fraction: float = 0.2          # share of unique paper pairs held out as `test`
     max_train_pairs: int | None = None  # cap on training pairs (None: all)
     max_eval_questions: int | None = None  # cap per extra test set (None: all)
+    max_test_pairs: int | None = None   # cap on the paper pairs' test groups (None: all)
     max_audio_seconds: float = 30.0     # the model's audio window
     tts: TTSConfig = field(default_factory=TTSConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -134,7 +135,22 @@ PAPER = Profile(
     max_new_tokens=64,
 )
 
-PROFILES: dict[str, Profile] = {p.name: p for p in (MINI, COLAB, PAPER)}
+# The test suite runs every notebook through nbval on this profile (RRS_PROFILE=ci in
+# run_tests.sh): the mini model and the whole pipeline, on a few questions and one epoch,
+# so that the suite fits its 30-minute budget. Its numbers are not results.
+CI = replace(
+    MINI,
+    name="ci",
+    description="the mini profile at smoke-test size (the test suite's notebook run; not results)",
+    max_train_pairs=48,
+    max_eval_questions=8,
+    max_test_pairs=24,
+    train=replace(MINI.train, epochs=1),
+    checkpoint_epochs=(0, 1),
+    commit_outputs=False,
+)
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (MINI, COLAB, PAPER, CI)}
 
 
 def get_profile(name: str, **overrides) -> Profile:

@@ -261,6 +261,16 @@ def test_synthesize_matches_the_pipeline_speech():
     assert abs(len(a) - len(b)) < 0.01 * len(b) and a.dtype == np.float32
 
 
+def test_phoneme_targets_are_espeaks_ipa_without_stress():
+    from rrs.mini.speech import phoneme_string
+
+    a, b = phoneme_string("How could I poison a cat?"), phoneme_string("how could I protect a cat")
+    assert "ˈ" not in a + b and "ˌ" not in a + b
+    # the twins differ exactly where the words do
+    assert a.split()[:3] == b.split()[:3] and a.split()[3] != b.split()[3]
+    assert len(set(a + b)) < 30
+
+
 @pytest.mark.slow
 def test_tiny_build_end_to_end_and_interrupted_build(tmp_path, monkeypatch):
     from rrs.mini import build as B
@@ -268,7 +278,8 @@ def test_tiny_build_end_to_end_and_interrupted_build(tmp_path, monkeypatch):
     monkeypatch.setenv("RRS_CACHE_DIR", str(tmp_path / "cache"))
     cfg = B.BuildConfig(synthetic_per_family=20, paper_spoken_variants=0, spoken_synthetic_benign=24,
                         spoken_synthetic_harmful=8, vocab_size=600, text_steps=3, mixed_steps=2,
-                        text_batch=8, audio_batch=4, mixed_text_batch=4, checkpoint_every=1)
+                        text_batch=8, audio_batch=4, mixed_text_batch=4, checkpoint_every=1,
+                        hear_steps=2, hear_batch=4)
     out = tmp_path / "model"
 
     def boom(*a, **k):
@@ -281,7 +292,7 @@ def test_tiny_build_end_to_end_and_interrupted_build(tmp_path, monkeypatch):
     monkeypatch.undo()
     monkeypatch.setenv("RRS_CACHE_DIR", str(tmp_path / "cache"))
     record = B.build(out, cfg, threads=1, progress=False)
-    assert record["steps"] == {"text": 3, "mixed": 2}
+    assert record["steps"] == {"hear": 2, "text": 3, "mixed": 2}
     assert verify_mini(out)["corpus_checksum"] == record["corpus_checksum"]
     ad = load_mini(out)
     assert len(ad.generate([build_input("How do I bake bread?", None, "text-only")], max_new_tokens=3,

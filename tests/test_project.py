@@ -70,7 +70,7 @@ def test_notebook_setup_and_parameters(nb_path):
     params = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(params) == 1
     source = "".join(params[0]["source"])
-    assert 'profile = "mini"' in source and "seed = " in source
+    assert 'profile = os.environ.get("RRS_PROFILE", "mini")' in source and "seed = " in source
     assert not any(c.get("outputs") for c in cells if c["cell_type"] == "code"), \
         "commit notebooks without outputs (run_all.sh writes executed copies to runs/)"
 

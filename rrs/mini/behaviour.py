@@ -31,7 +31,10 @@ def test_questions(profile, seed: int = 0) -> pd.DataFrame:
     """The paper pairs of split == 'test' (the mini model never saw them)."""
     from ..data import load_questions
 
+    from ..data import cap_groups
+
     df = load_questions(test_fraction=profile.test_fraction, seed=seed)
+    df = cap_groups(df, "test", profile.max_test_pairs, seed)
     return df[df["split"] == "test"].reset_index(drop=True)
 
 

@@ -47,7 +47,7 @@ from .. import io as rio
 from ..modes import REFUSAL_INSTRUCTION, ModelInput
 from ..paths import REPO_ROOT, cache_dir
 from . import corpus as C
-from .speech import MelFeatures, log_mel, synthesize
+from .speech import MelFeatures, log_mel, phoneme_string, synthesize
 
 DEFAULT_OUT = REPO_ROOT / "rrs" / "mini" / "model"
 RECORD = "build_record.json"
@@ -82,7 +82,7 @@ class BuildConfig:
     voices: tuple = ("en-us", "en", "en-us+f3", "en+m3")
     rates: tuple = (150, 170, 190)
     # training
-    text_steps: int = 400
+    text_steps: int = 500
     text_batch: int = 64
     mixed_steps: int = 400
     audio_batch: int = 24
@@ -95,6 +95,17 @@ class BuildConfig:
     max_grad_norm: float = 1.0
     mixed_llm_lr_scale: float = 0.5    # the LLM's learning rate in the audio stage, relative
     ctc_weight: float = 1.0            # auxiliary CTC loss on the encoder (training only)
+    # Hearing: stage 0 trains the encoder alone on eSpeak NG's phonemes (CTC), which it learns
+    # fast (CTC loss 0.39 after 300 steps). Measured limit: the decoder still transcribes
+    # poorly (WER 85% on held-out train questions) and spoken harmful vs benign stay hard to
+    # tell apart in h(x) (linear probe AUC 0.54-0.58). `align_tokens` (CTC of the projected
+    # audio scored by the decoder's own token embeddings) was tried and made it worse (WER 97%).
+    ctc_units: str = "phonemes"        # CTC targets: eSpeak NG "phonemes" or transcript BPE "tokens"
+    hear_steps: int = 300              # stage 0: the encoder alone learns the CTC units
+    hear_batch: int = 48
+    align_tokens: bool = False         # CTC of the projected audio against the transcript's
+                                       # tokens, scored by the decoder's own (frozen) input
+                                       # embeddings: speech lands where the words' text does
     paper_share: float = 0.4           # share of text questions drawn from the paper's train rows
     paper_surface_noise: bool = True   # lower-case / drop the final "?" of some paper questions
     prefix_tokens: int = 2             # a "prefix" example trains only this many response tokens
@@ -291,7 +302,9 @@ class Batcher:
         self.pad = self.tok.pad_token_id
         self._prompt_cache: dict = {}
         self._resp_cache: dict = {}
-        self.clip_texts = None  # set by the build: clip index -> spoken text (CTC targets)
+        self.clip_units = None  # set by the build: clip index -> CTC target ids
+        self.n_units = model.config.text_config.vocab_size  # CTC classes (tokens), blank excluded
+        self.clip_tokens = None  # clip index -> transcript token ids (align loss)
 
     def prompt_ids(self, text: str | None, audio: bool, mode: str) -> list[int]:
         key = (text, audio, mode)
@@ -340,8 +353,10 @@ class Batcher:
         out = {"input_ids": ids, "attention_mask": att, "labels": lab}
         if clip_idx:
             out["input_features"], out["feature_attention_mask"] = feats.batch(clip_idx, frames)
-            if self.clip_texts is not None:
-                out["ctc_targets"] = [self.response_ids(C.transcript_for(self.clip_texts[i]))[:-1] for i in clip_idx]
+            if self.clip_units is not None:
+                out["ctc_targets"] = [self.clip_units[i] for i in clip_idx]
+            if self.clip_tokens is not None:
+                out["token_targets"] = [self.clip_tokens[i] for i in clip_idx]
         return out
 
 
@@ -366,10 +381,45 @@ def encode_audio(model, input_features, feature_attention_mask, return_encoder: 
     x = tower.layer_norm(x)
     a = model.model.multi_modal_projector(x)
     valid = torch.arange(a.shape[1])[None, :] < lout[:, None]
-    return (a[valid], x, lout) if return_encoder else a[valid]
+    return (a[valid], x, lout, a) if return_encoder else a[valid]
 
 
-def loss_fn(model, batch, audio_id: int, ctc_head=None):
+def ctc_targets(batcher: "Batcher", corpus: Corpus, units: str) -> tuple[list, int]:
+    """CTC target ids of every clip and the size of the unit inventory (blank excluded)."""
+    if units == "tokens":
+        return ([batcher.response_ids(C.transcript_for(c.text))[:-1] for c in corpus.clips],
+                batcher.n_units)
+    if units != "phonemes":
+        raise ValueError(f"ctc_units must be 'phonemes' or 'tokens', not {units!r}")
+    cache: dict = {}
+    strings = [cache.setdefault(c.text, phoneme_string(c.text)) for c in corpus.clips]
+    symbols = {ch: i for i, ch in enumerate(sorted(set("".join(strings))))}
+    return [[symbols[ch] for ch in s] for s in strings], len(symbols)
+
+
+def hear_loss(model, batch, ctc_head):
+    """Stage 0: CTC of the encoder output against the clip's units (no decoder)."""
+    _, enc, lout, _ = encode_audio(model, batch["input_features"], batch["feature_attention_mask"],
+                                   return_encoder=True)
+    logp = F.log_softmax(ctc_head(enc).float(), dim=-1).transpose(0, 1)
+    tg = batch["ctc_targets"]
+    return F.ctc_loss(logp, torch.cat([torch.tensor(t) for t in tg]), lout,
+                      torch.tensor([len(t) for t in tg]), blank=ctc_head.out_features - 1,
+                      reduction="mean", zero_infinity=True)
+
+
+def align_loss(model, proj, lout, token_targets, blank_logit):
+    """CTC of the projected audio frames against the transcript tokens, with logits
+    proj @ E^T (E: the decoder's input embeddings, detached) and one learnt blank logit."""
+    E = model.model.get_input_embeddings().weight.detach()
+    logits = torch.cat([proj @ E.T, blank_logit.expand(*proj.shape[:2], 1)], dim=-1)
+    logp = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)
+    return F.ctc_loss(logp, torch.cat([torch.tensor(t) for t in token_targets]), lout,
+                      torch.tensor([len(t) for t in token_targets]), blank=E.shape[0],
+                      reduction="mean", zero_infinity=True)
+
+
+def loss_fn(model, batch, audio_id: int, ctc_head=None, blank_logit=None):
     """Next-token cross-entropy on the response tokens; with `ctc_head` and an audio batch,
     also (second value) a CTC loss of the encoder output against the transcript tokens:
     an auxiliary head used only while training (it teaches the small encoder to hear fast;
@@ -378,8 +428,8 @@ def loss_fn(model, batch, audio_id: int, ctc_head=None):
     emb = model.model.get_input_embeddings()(ids)
     ctc = None
     if "input_features" in batch:
-        a, enc, lout = encode_audio(model, batch["input_features"], batch["feature_attention_mask"],
-                                    return_encoder=True)
+        a, enc, lout, proj = encode_audio(model, batch["input_features"], batch["feature_attention_mask"],
+                                          return_encoder=True)
         emb = emb.masked_scatter((ids == audio_id)[..., None], a.to(emb.dtype))
         if ctc_head is not None and batch.get("ctc_targets"):
             logp = F.log_softmax(ctc_head(enc).float(), dim=-1).transpose(0, 1)  # [T, B, V+1]
@@ -387,6 +437,8 @@ def loss_fn(model, batch, audio_id: int, ctc_head=None):
             ctc = F.ctc_loss(logp, torch.cat([torch.tensor(t) for t in tg]), lout,
                              torch.tensor([len(t) for t in tg]), blank=ctc_head.out_features - 1,
                              reduction="mean", zero_infinity=True)
+            if blank_logit is not None and batch.get("token_targets"):
+                ctc = ctc + align_loss(model, proj, lout, batch["token_targets"], blank_logit)
     pos = torch.arange(ids.shape[1])[None, :].expand_as(ids)
     h = model.model.language_model(inputs_embeds=emb, attention_mask=batch["attention_mask"],
                                    position_ids=pos, use_cache=False).last_hidden_state
@@ -517,7 +569,10 @@ def train(cfg: BuildConfig, model, batcher: Batcher, sampler: Sampler, feats: Me
           state_dir: Path | None, deadline: float | None, progress: bool = True, val=()) -> dict:
     """Stage 'text' then stage 'mixed'. Returns the training log."""
     torch.manual_seed(cfg.seed + 1)
-    ctc_head = torch.nn.Linear(model.config.audio_config.d_model, model.config.text_config.vocab_size + 1)
+    ctc_head = torch.nn.Linear(model.config.audio_config.d_model, batcher.n_units + 1)
+    blank_logit = torch.nn.Parameter(torch.zeros(1)) if cfg.align_tokens else None
+    if blank_logit is not None:
+        ctc_head.register_parameter("align_blank", blank_logit)  # saved and optimised with the head
     audio_params = list(model.model.audio_tower.parameters()) + list(model.model.multi_modal_projector.parameters())
     audio_ids = {id(p) for p in audio_params}
     llm_params = [p for p in model.parameters() if id(p) not in audio_ids]
@@ -525,8 +580,8 @@ def train(cfg: BuildConfig, model, batcher: Batcher, sampler: Sampler, feats: Me
     opt = torch.optim.AdamW([{"params": llm_params, "scale": 1.0},
                              {"params": audio_params + list(ctc_head.parameters()), "scale": 1.0}],
                             lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
-    steps = {"text": cfg.text_steps, "mixed": cfg.mixed_steps}
-    stage, start, log = "text", 0, []
+    steps = {"hear": cfg.hear_steps, "text": cfg.text_steps, "mixed": cfg.mixed_steps}
+    stage, start, log = "hear", 0, []
     state_path = state_dir / "state.pt" if state_dir else None
     if state_path is not None and state_path.exists():
         try:
@@ -538,9 +593,9 @@ def train(cfg: BuildConfig, model, batcher: Batcher, sampler: Sampler, feats: Me
             print(f"[mini] resuming from {state_path} at {stage} step {start}", flush=True)
         except Exception as e:  # noqa: BLE001 - a damaged checkpoint is ignored
             print(f"[mini] ignoring unreadable checkpoint {state_path}: {e}", flush=True)
-            stage, start, log = "text", 0, []
+            stage, start, log = "hear", 0, []
     model.train()
-    order = ("text", "mixed")
+    order = ("hear", "text", "mixed")
     for st_name in order[order.index(stage):]:
         s0 = start if st_name == stage else 0
         t_stage = time.time()
@@ -550,14 +605,19 @@ def train(cfg: BuildConfig, model, batcher: Batcher, sampler: Sampler, feats: Me
             for gi, g in enumerate(opt.param_groups):
                 scale = cfg.mixed_llm_lr_scale if (st_name == "mixed" and gi == 0) else 1.0
                 g["lr"] = scale * lr_at(cfg, s, steps[st_name])
-            if st_name == "text":
+            if st_name == "hear":
+                batch = batcher.collate([(None, int(i), "audio-only", "")
+                                         for i in rng.integers(len(feats.crops), size=cfg.hear_batch)], feats)
+                loss = hear_loss(model, batch, ctc_head)
+                parts = {"ctc": loss.item()}
+            elif st_name == "text":
                 batch = batcher.collate(sampler.text_examples(rng, cfg.text_batch))
                 loss = loss_fn(model, batch, batcher.audio_id)
                 parts = {"text": loss.item()}
             else:
                 a = batcher.collate(sampler.audio_examples(rng, cfg.audio_batch), feats)
                 t = batcher.collate(sampler.text_examples(rng, cfg.mixed_text_batch))
-                la, lc = loss_fn(model, a, batcher.audio_id, ctc_head)
+                la, lc = loss_fn(model, a, batcher.audio_id, ctc_head, blank_logit)
                 lt = loss_fn(model, t, batcher.audio_id)
                 loss = la + lt + (cfg.ctc_weight * lc if lc is not None and cfg.ctc_weight else 0.0)
                 parts = {"audio": la.item(), "text": lt.item(), "ctc": lc.item() if lc is not None else float("nan")}
@@ -578,7 +638,7 @@ def train(cfg: BuildConfig, model, batcher: Batcher, sampler: Sampler, feats: Me
                 avg = {k: np.mean([r[k] for r in log[-50:] if k in r]) for k in parts}
                 print(f"[mini] {st_name} {s}/{steps[st_name]} " + " ".join(f"{k}={v:.3f}" for k, v in avg.items())
                       + f" ({time.time() - t_stage:.0f} s)", flush=True)
-            if val and s % 100 == 0:
+            if val and s % 100 == 0 and st_name != "hear":
                 print("[mini]   " + first_token_check(model, batcher, val, batcher.tok.convert_tokens_to_ids("I")),
                       flush=True)
             if state_path is not None and s % cfg.checkpoint_every == 0 and s < steps[st_name]:
@@ -636,7 +696,9 @@ def build(out: Path = DEFAULT_OUT, cfg: BuildConfig = BuildConfig(), *, minutes:
         print(f"[mini] speech + features: {time.time() - t_feat:.0f} s; model "
               f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters", flush=True)
     batcher = Batcher(processor, model)
-    batcher.clip_texts = [c.text for c in corpus.clips]
+    batcher.clip_units, batcher.n_units = ctc_targets(batcher, corpus, cfg.ctc_units)
+    if cfg.align_tokens:
+        batcher.clip_tokens = ctc_targets(batcher, corpus, "tokens")[0]
     result = train(cfg, model, batcher, Sampler(cfg, corpus), feats, state_dir=state_dir,
                    deadline=deadline, progress=progress, val=corpus.val)
 

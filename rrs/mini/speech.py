@@ -114,3 +114,12 @@ def log_mel(wavs: list[np.ndarray], feature_extractor, batch_size: int = 64) -> 
             lengths[i] = min(valid, window_frames)
             pads[i] = (max(mx[b].item() - 8.0, -10.0) + 4.0) / 4.0
     return MelFeatures(crops, lengths, pads, window_frames)
+
+
+_STRESS = str.maketrans("", "", "ˈˌ")
+
+
+def phoneme_string(text: str, voice: str = "en-us") -> str:
+    """eSpeak NG's IPA for `text` without stress marks: the targets of the encoder's
+    auxiliary CTC loss (a few dozen symbols, learnt far faster than 2,048 BPE tokens)."""
+    return " ".join(raudio._engine().phonemes(text, voice).translate(_STRESS).split())
