@@ -134,3 +134,15 @@ def test_data_checksum_changes_with_content(data_copy):
     path = data_copy / "public" / "figstep_safebench.csv"
     path.write_text(path.read_text().replace("manufacture", "make", 1))
     assert data.data_checksum(data_copy) != before
+
+
+def test_cap_groups_keeps_whole_pairs_of_one_split(questions):
+    capped = data.cap_groups(questions, "test", 5, seed=0)
+    test = capped[capped.split == "test"]
+    assert test.group.nunique() == 5
+    # whole groups: every row of a kept pair stays, the other splits are untouched
+    full = questions[questions.group.isin(set(test.group))]
+    assert len(full) == len(test)
+    assert capped[capped.split != "test"].equals(questions[questions.split != "test"])
+    assert data.cap_groups(questions, "test", 5, seed=0).equals(capped)
+    assert data.cap_groups(questions, "test", None, seed=0) is questions

@@ -14,9 +14,13 @@ from rrs.profiles import PROFILES, get_profile
 
 
 def test_profiles_and_unknown_name():
-    assert set(PROFILES) == {"mini", "colab", "paper"}
+    assert set(PROFILES) == {"mini", "colab", "paper", "ci"}
     assert get_profile("mini").device == "cpu"
-    with pytest.raises(ValueError, match="unknown profile 'big'.*colab.*mini.*paper"):
+    # ci is the mini model, smaller, never written over the committed outputs
+    ci, mini = get_profile("ci"), get_profile("mini")
+    assert ci.models == mini.models and not ci.commit_outputs
+    assert ci.max_test_pairs < 119 and ci.train.epochs == 1 and mini.max_test_pairs is None
+    with pytest.raises(ValueError, match="unknown profile 'big'.*ci.*colab.*mini.*paper"):
         get_profile("big")
 
 
@@ -70,7 +74,10 @@ def test_notebook_setup_and_parameters(nb_path):
     params = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(params) == 1
     source = "".join(params[0]["source"])
-    assert 'profile = os.environ.get("RRS_PROFILE", "mini")' in source and "seed = " in source
+    assert 'profile = "mini"' in source and "seed = " in source
+    # the cell after it lets the test suite switch every notebook to the `ci` profile
+    after = "".join(cells[cells.index(params[0]) + 1]["source"])
+    assert 'profile = os.environ.get("RRS_PROFILE", profile)' in after
     assert not any(c.get("outputs") for c in cells if c["cell_type"] == "code"), \
         "commit notebooks without outputs (run_all.sh writes executed copies to runs/)"
 
