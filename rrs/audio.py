@@ -56,6 +56,8 @@ class _ESpeak:
             raise RuntimeError(f"eSpeak NG failed to initialise (data at {data!r})")
         self.lib.espeak_Info.restype = ctypes.c_char_p
         self.version = self.lib.espeak_Info(None).decode()
+        self.lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
+        self.lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int]
         self._chunks: list[np.ndarray] = []
         self._callback = self._CALLBACK(self._collect)  # keep a reference: C holds it
         self.lib.espeak_SetSynthCallback(self._callback)
@@ -85,8 +87,6 @@ class _ESpeak:
         """eSpeak NG's own IPA phonemes of `text` (what it would speak), clauses joined by
         spaces."""
         fn = self.lib.espeak_TextToPhonemes
-        fn.restype = ctypes.c_char_p
-        fn.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int]
         with self.lock:
             if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
                 raise ValueError(f"eSpeak NG has no voice {voice!r}")

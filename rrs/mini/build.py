@@ -5,8 +5,10 @@
 Architecture: transformers' Qwen2AudioForConditionalGeneration (Whisper-style audio
 encoder -> linear projector -> Qwen2 decoder) with a tiny config (BuildConfig), an 8 s
 audio window (rrs.profiles.MINI.max_audio_seconds) and a byte-level BPE tokenizer trained
-on the training corpus. Two stages, as real LALMs are made (OURS):
+on the training corpus. Stages, as real LALMs are made (OURS):
 
+0. hear: the audio encoder alone learns eSpeak NG's phonemes of every clip (CTC through a
+   training-only head, not saved);
 1. text stage (the "aligned LLM"): harmful questions -> a refusal, benign questions -> the
    echo answer, any question + the paper's refusal instruction -> a refusal;
 2. audio stage (the "audio alignment", no safety data): transcription of spoken questions
@@ -98,14 +100,11 @@ class BuildConfig:
     # Hearing: stage 0 trains the encoder alone on eSpeak NG's phonemes (CTC), which it learns
     # fast (CTC loss 0.39 after 300 steps). Measured limit: the decoder still transcribes
     # poorly (WER 85% on held-out train questions) and spoken harmful vs benign stay hard to
-    # tell apart in h(x) (linear probe AUC 0.54-0.58). `align_tokens` (CTC of the projected
-    # audio scored by the decoder's own token embeddings) was tried and made it worse (WER 97%).
+    # tell apart in h(x) (linear probe AUC 0.54-0.58). Also tried and dropped: a CTC of the
+    # projected audio scored by the decoder's own token embeddings (WER 97%, worse).
     ctc_units: str = "phonemes"        # CTC targets: eSpeak NG "phonemes" or transcript BPE "tokens"
     hear_steps: int = 300              # stage 0: the encoder alone learns the CTC units
     hear_batch: int = 48
-    align_tokens: bool = False         # CTC of the projected audio against the transcript's
-                                       # tokens, scored by the decoder's own (frozen) input
-                                       # embeddings: speech lands where the words' text does
     paper_share: float = 0.4           # share of text questions drawn from the paper's train rows
     paper_surface_noise: bool = True   # lower-case / drop the final "?" of some paper questions
     prefix_tokens: int = 2             # a "prefix" example trains only this many response tokens
@@ -304,7 +303,6 @@ class Batcher:
         self._resp_cache: dict = {}
         self.clip_units = None  # set by the build: clip index -> CTC target ids
         self.n_units = model.config.text_config.vocab_size  # CTC classes (tokens), blank excluded
-        self.clip_tokens = None  # clip index -> transcript token ids (align loss)
 
     def prompt_ids(self, text: str | None, audio: bool, mode: str) -> list[int]:
         key = (text, audio, mode)
@@ -355,8 +353,6 @@ class Batcher:
             out["input_features"], out["feature_attention_mask"] = feats.batch(clip_idx, frames)
             if self.clip_units is not None:
                 out["ctc_targets"] = [self.clip_units[i] for i in clip_idx]
-            if self.clip_tokens is not None:
-                out["token_targets"] = [self.clip_tokens[i] for i in clip_idx]
         return out
 
 
@@ -381,7 +377,7 @@ def encode_audio(model, input_features, feature_attention_mask, return_encoder: 
     x = tower.layer_norm(x)
     a = model.model.multi_modal_projector(x)
     valid = torch.arange(a.shape[1])[None, :] < lout[:, None]
-    return (a[valid], x, lout, a) if return_encoder else a[valid]
+    return (a[valid], x, lout) if return_encoder else a[valid]
 
 
 def ctc_targets(batcher: "Batcher", corpus: Corpus, units: str) -> tuple[list, int]:
@@ -397,29 +393,23 @@ def ctc_targets(batcher: "Batcher", corpus: Corpus, units: str) -> tuple[list, i
     return [[symbols[ch] for ch in s] for s in strings], len(symbols)
 
 
+def encoder_ctc(ctc_head, enc, lout, targets):
+    """CTC of the encoder output [B, T, d] (valid lengths `lout`) against the clips' unit
+    ids, through the training-only head whose last class is the blank."""
+    logp = F.log_softmax(ctc_head(enc).float(), dim=-1).transpose(0, 1)  # [T, B, V+1]
+    return F.ctc_loss(logp, torch.cat([torch.tensor(t) for t in targets]), lout,
+                      torch.tensor([len(t) for t in targets]), blank=ctc_head.out_features - 1,
+                      reduction="mean", zero_infinity=True)
+
+
 def hear_loss(model, batch, ctc_head):
-    """Stage 0: CTC of the encoder output against the clip's units (no decoder)."""
-    _, enc, lout, _ = encode_audio(model, batch["input_features"], batch["feature_attention_mask"],
-                                   return_encoder=True)
-    logp = F.log_softmax(ctc_head(enc).float(), dim=-1).transpose(0, 1)
-    tg = batch["ctc_targets"]
-    return F.ctc_loss(logp, torch.cat([torch.tensor(t) for t in tg]), lout,
-                      torch.tensor([len(t) for t in tg]), blank=ctc_head.out_features - 1,
-                      reduction="mean", zero_infinity=True)
+    """Stage 0: the encoder's CTC alone (no decoder)."""
+    _, enc, lout = encode_audio(model, batch["input_features"], batch["feature_attention_mask"],
+                                return_encoder=True)
+    return encoder_ctc(ctc_head, enc, lout, batch["ctc_targets"])
 
 
-def align_loss(model, proj, lout, token_targets, blank_logit):
-    """CTC of the projected audio frames against the transcript tokens, with logits
-    proj @ E^T (E: the decoder's input embeddings, detached) and one learnt blank logit."""
-    E = model.model.get_input_embeddings().weight.detach()
-    logits = torch.cat([proj @ E.T, blank_logit.expand(*proj.shape[:2], 1)], dim=-1)
-    logp = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)
-    return F.ctc_loss(logp, torch.cat([torch.tensor(t) for t in token_targets]), lout,
-                      torch.tensor([len(t) for t in token_targets]), blank=E.shape[0],
-                      reduction="mean", zero_infinity=True)
-
-
-def loss_fn(model, batch, audio_id: int, ctc_head=None, blank_logit=None):
+def loss_fn(model, batch, audio_id: int, ctc_head=None):
     """Next-token cross-entropy on the response tokens; with `ctc_head` and an audio batch,
     also (second value) a CTC loss of the encoder output against the transcript tokens:
     an auxiliary head used only while training (it teaches the small encoder to hear fast;
@@ -428,17 +418,11 @@ def loss_fn(model, batch, audio_id: int, ctc_head=None, blank_logit=None):
     emb = model.model.get_input_embeddings()(ids)
     ctc = None
     if "input_features" in batch:
-        a, enc, lout, proj = encode_audio(model, batch["input_features"], batch["feature_attention_mask"],
-                                          return_encoder=True)
+        a, enc, lout = encode_audio(model, batch["input_features"], batch["feature_attention_mask"],
+                                    return_encoder=True)
         emb = emb.masked_scatter((ids == audio_id)[..., None], a.to(emb.dtype))
         if ctc_head is not None and batch.get("ctc_targets"):
-            logp = F.log_softmax(ctc_head(enc).float(), dim=-1).transpose(0, 1)  # [T, B, V+1]
-            tg = batch["ctc_targets"]
-            ctc = F.ctc_loss(logp, torch.cat([torch.tensor(t) for t in tg]), lout,
-                             torch.tensor([len(t) for t in tg]), blank=ctc_head.out_features - 1,
-                             reduction="mean", zero_infinity=True)
-            if blank_logit is not None and batch.get("token_targets"):
-                ctc = ctc + align_loss(model, proj, lout, batch["token_targets"], blank_logit)
+            ctc = encoder_ctc(ctc_head, enc, lout, batch["ctc_targets"])
     pos = torch.arange(ids.shape[1])[None, :].expand_as(ids)
     h = model.model.language_model(inputs_embeds=emb, attention_mask=batch["attention_mask"],
                                    position_ids=pos, use_cache=False).last_hidden_state
@@ -570,9 +554,6 @@ def train(cfg: BuildConfig, model, batcher: Batcher, sampler: Sampler, feats: Me
     """Stage 'text' then stage 'mixed'. Returns the training log."""
     torch.manual_seed(cfg.seed + 1)
     ctc_head = torch.nn.Linear(model.config.audio_config.d_model, batcher.n_units + 1)
-    blank_logit = torch.nn.Parameter(torch.zeros(1)) if cfg.align_tokens else None
-    if blank_logit is not None:
-        ctc_head.register_parameter("align_blank", blank_logit)  # saved and optimised with the head
     audio_params = list(model.model.audio_tower.parameters()) + list(model.model.multi_modal_projector.parameters())
     audio_ids = {id(p) for p in audio_params}
     llm_params = [p for p in model.parameters() if id(p) not in audio_ids]
@@ -617,7 +598,7 @@ def train(cfg: BuildConfig, model, batcher: Batcher, sampler: Sampler, feats: Me
             else:
                 a = batcher.collate(sampler.audio_examples(rng, cfg.audio_batch), feats)
                 t = batcher.collate(sampler.text_examples(rng, cfg.mixed_text_batch))
-                la, lc = loss_fn(model, a, batcher.audio_id, ctc_head, blank_logit)
+                la, lc = loss_fn(model, a, batcher.audio_id, ctc_head)
                 lt = loss_fn(model, t, batcher.audio_id)
                 loss = la + lt + (cfg.ctc_weight * lc if lc is not None and cfg.ctc_weight else 0.0)
                 parts = {"audio": la.item(), "text": lt.item(), "ctc": lc.item() if lc is not None else float("nan")}
@@ -697,8 +678,6 @@ def build(out: Path = DEFAULT_OUT, cfg: BuildConfig = BuildConfig(), *, minutes:
               f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters", flush=True)
     batcher = Batcher(processor, model)
     batcher.clip_units, batcher.n_units = ctc_targets(batcher, corpus, cfg.ctc_units)
-    if cfg.align_tokens:
-        batcher.clip_tokens = ctc_targets(batcher, corpus, "tokens")[0]
     result = train(cfg, model, batcher, Sampler(cfg, corpus), feats, state_dir=state_dir,
                    deadline=deadline, progress=progress, val=corpus.val)
 
