@@ -146,3 +146,12 @@ def test_cap_groups_keeps_whole_pairs_of_one_split(questions):
     assert capped[capped.split != "test"].equals(questions[questions.split != "test"])
     assert data.cap_groups(questions, "test", 5, seed=0).equals(capped)
     assert data.cap_groups(questions, "test", None, seed=0) is questions
+
+
+def test_ci_profile_caps_the_test_split_and_mini_does_not():
+    from rrs.mini.behaviour import test_questions
+    from rrs.profiles import get_profile
+
+    ci, mini = test_questions(get_profile("ci")), test_questions(get_profile("mini"))
+    assert ci.group.nunique() == get_profile("ci").max_test_pairs
+    assert set(ci.id) < set(mini.id) and len(mini) == 255
