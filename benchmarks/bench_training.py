@@ -1,5 +1,9 @@
 """Time per optimiser step of RRS vs refusal SFT, and batched vs one-by-one extraction.
 
+Each training method is timed twice: with the whole model in every step, and as
+rrs.training runs it, the decoder alone on decoder inputs read once per example
+(LALMAdapter.decoder_inputs; the one-time read is timed too).
+
 Both training methods run on the same model, the same LoRA settings, the same batch size
 and the same sequences (synthetic questions with synthetic audio), so the ratios compare
 the methods, not the data. Usage:
@@ -23,8 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rrs.models.base import MINI_MODEL_DIR, load_adapter  # noqa: E402
 from rrs.profiles import TrainConfig  # noqa: E402
-from rrs.training import (REFUSAL_TEMPLATE, attach_lora, compute_targets, detach_lora, lora_config,  # noqa: E402
-                          lora_penalty, rrs_loss, sft_loss, training_attention, training_examples)
+from rrs.training import (REFUSAL_TEMPLATE, attach_lora, cached_decoder_inputs, compute_targets,  # noqa: E402
+                          detach_lora, lora_config, lora_penalty, response_cross_entropy, rrs_loss, sft_loss,
+                          training_attention, training_examples)
 
 
 def synthetic_items(n: int, seconds: float, seed: int = 0) -> pd.DataFrame:
@@ -102,21 +107,49 @@ def main(argv=None) -> None:
             loss.backward()
         opt.step()
 
+    sync(); t0 = time.perf_counter()
+    rrs_cache = cached_decoder_inputs(adapter, lambda idx: adapter.prepare([examples[i].train_input for i in idx]),
+                                      len(examples), bs, progress=False)
+    sync(); read_s = time.perf_counter() - t0
+
+    def rrs_cached_step(idx):
+        opt.zero_grad(set_to_none=True)
+        inputs = adapter.collate_decoder_inputs([rrs_cache[i] for i in idx])
+        with training_attention():
+            h = adapter.decoder_states(inputs, peft_model)[:, -1]
+            loss, _, _ = rrs_loss(h, targets[idx], lora_penalty(peft_model))
+            loss.backward()
+        opt.step()
+
     rrs_times = time_steps(rrs_step, batches, sync)
+    rrs_cached_times = time_steps(rrs_cached_step, batches, sync) if rrs_cache is not None else None
 
     # refusal SFT: same examples, same LoRA and optimiser, CE on the refusal tokens
     peft_model = attach_lora(adapter, lora_config(cfg, adapter.lora_target_pattern), seed=0)
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=cfg.lr)
     peft_model.train()
 
+    def sft_batch(idx):
+        return adapter.sft_batch([examples[i].train_input for i in idx], [REFUSAL_TEMPLATE] * len(idx))
+
     def sft_step(idx):
         opt.zero_grad(set_to_none=True)
-        batch = adapter.sft_batch([examples[i].train_input for i in idx], [REFUSAL_TEMPLATE] * len(idx))
         with training_attention():
-            sft_loss(adapter, batch, peft_model).backward()
+            sft_loss(adapter, sft_batch(idx), peft_model).backward()
+        opt.step()
+
+    sft_cache = cached_decoder_inputs(adapter, sft_batch, len(examples), bs, progress=False)
+
+    def sft_cached_step(idx):
+        opt.zero_grad(set_to_none=True)
+        inputs = adapter.collate_decoder_inputs([sft_cache[i] for i in idx])
+        with training_attention():
+            states = adapter.decoder_states(inputs, peft_model)
+            response_cross_entropy(adapter, peft_model, states, inputs["labels"]).backward()
         opt.step()
 
     sft_times = time_steps(sft_step, batches, sync)
+    sft_cached_times = time_steps(sft_cached_step, batches, sync) if sft_cache is not None else None
     detach_lora(adapter)
 
     # extraction: the same inputs batched vs one by one
@@ -130,9 +163,19 @@ def main(argv=None) -> None:
     sync(); single = time.perf_counter() - t0
 
     rrs_ms, sft_ms = 1000 * statistics.median(rrs_times), 1000 * statistics.median(sft_times)
-    print(f"RRS step        {rrs_ms:8.1f} ms (median of {len(rrs_times)})")
-    print(f"refusal-SFT step{sft_ms:8.1f} ms (median of {len(sft_times)})")
-    print(f"ratio RRS / SFT {rrs_ms / sft_ms:8.2f}")
+    print(f"whole model in every step (medians of {len(rrs_times)}):")
+    print(f"  RRS step          {rrs_ms:8.1f} ms")
+    print(f"  refusal-SFT step  {sft_ms:8.1f} ms")
+    print(f"  ratio RRS / SFT   {rrs_ms / sft_ms:8.2f}")
+    if rrs_cached_times is not None:
+        rrs_c, sft_c = 1000 * statistics.median(rrs_cached_times), 1000 * statistics.median(sft_cached_times)
+        print(f"decoder only, on decoder inputs read once ({1000 * read_s / len(examples):.1f} ms per example, "
+              f"as rrs.training runs):")
+        print(f"  RRS step          {rrs_c:8.1f} ms ({rrs_ms / rrs_c:.2f}x faster)")
+        print(f"  refusal-SFT step  {sft_c:8.1f} ms ({sft_ms / sft_c:.2f}x faster)")
+        print(f"  ratio RRS / SFT   {rrs_c / sft_c:8.2f}")
+    else:
+        print(f"{adapter.model_id} does not cache decoder inputs: training runs the whole model per step")
     print(f"extraction      {len(inputs) / batched:8.1f} items/s batched (batch {bs}), "
           f"{len(inputs) / single:.1f} items/s one by one; speed-up {single / batched:.2f}x")
 

@@ -39,7 +39,7 @@ from .profiles import Profile, get_profile
 
 FEATURES_MODE = "audio-text"  # PAPER.md: Δ is read from the spoken questions + the H0 prompt
 STAGE_RECORD = "stage.json"
-STAGES_FORMAT = 1  # bump to invalidate every cached stage artifact
+STAGES_FORMAT = 2  # 2: steps on cached decoder inputs (no encoder dropout); bump to invalidate every cached stage artifact
 
 # method name -> how its checkpoint is made (notebooks 05-07 use these names)
 METHODS: dict[str, dict | None] = {
@@ -352,7 +352,7 @@ def sft_checkpoint(adapter, questions: pd.DataFrame, P, seed: int = 0, *, kind: 
     def train(resume: bool):
         try:
             train_sft(adapter, rows, responses, P.train, run_dir, seed, kind=f"sft_{kind}", epochs=epochs,
-                      resume=resume, progress=progress)
+                      resume=resume, extract_batch_size=P.eval_batch_size, progress=progress)
         finally:
             detach_lora(adapter)
 

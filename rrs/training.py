@@ -5,6 +5,10 @@ harmful t(x) = h0(x) + δ, benign t(b) = h0(b) − δ, where h0 is read with the
 The model input x̃ is the same question (same audio) with a prompt drawn (seeded) from
 the paper's ten training prompts; the loss is MSE(h_θ(x̃), t(x)) + Σ ‖s·B·A‖²_F.
 
+Everything before the decoder layers is frozen, so a training step runs only the decoder
+on inputs read once per example (LALMAdapter.decoder_inputs: the audio encoder runs once,
+in eval mode, instead of every step; adapters that cannot split there run the whole model).
+
 SFT baselines use the same examples, LoRA targets, optimiser and budget, with next-token
 cross-entropy on the response tokens only: (a) refusal SFT, harmful -> a refusal;
 (b) mixed SFT, harmful -> a refusal and benign -> the vanilla model's own greedy answer.
@@ -26,7 +30,6 @@ import random
 import re
 import shutil
 import tempfile
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -189,10 +192,44 @@ def sft_loss(adapter, batch, model) -> torch.Tensor:
     batch = dict(batch)
     labels = batch.pop("labels")
     hidden = adapter.backbone(model)(**adapter.forward_kwargs(batch), use_cache=False).last_hidden_state
+    return response_cross_entropy(adapter, model, hidden, labels)
+
+
+def response_cross_entropy(adapter, model, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the labelled tokens given the decoder states [B, L, H]."""
     target = labels[:, 1:]
     keep = target != -100  # position t predicts token t + 1
     logits = adapter.lm_head(model)(hidden[:, :-1][keep]).float()
     return F.cross_entropy(logits, target[keep])
+
+
+def _inputs_key(kind: str, examples: Sequence[Example], responses: Sequence[str] | None = None) -> str:
+    from .representations import inputs_digest
+
+    return f"{kind} {inputs_digest([e.train_input for e in examples])} {data_hash(examples, responses)}"
+
+
+def cached_decoder_inputs(adapter, make_batch: Callable[[list[int]], object], n: int, batch_size: int,
+                          progress: bool = True, desc: str = "decoder inputs",
+                          key: str | None = None) -> list[dict] | None:
+    """Per example 0..n-1, the decoder's inputs (LALMAdapter.decoder_inputs of the batch
+    `make_batch(indices)`), read once before training; None for an adapter that does not
+    cache them (its steps then run the whole forward pass). `key` names the examples (and
+    responses): a call with the key of the previous call returns the same rows."""
+    if not adapter.caches_decoder_inputs:
+        return None
+    from tqdm.auto import tqdm
+
+    # the last set read is kept on the adapter: consecutive runs on the same examples (the
+    # Top-m% ablation trains three) read it once
+    if key is not None and getattr(adapter, "_decoder_inputs_memo", (None,))[0] == key:
+        return adapter._decoder_inputs_memo[1]
+    rows = []
+    for s in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, leave=False, unit="batch"):
+        rows += adapter.decoder_inputs(make_batch(list(range(s, min(n, s + batch_size)))))
+    if key is not None:
+        adapter._decoder_inputs_memo = (key, rows)
+    return rows
 
 
 # -- targets ---------------------------------------------------------------------------
@@ -200,11 +237,16 @@ def sft_loss(adapter, batch, model) -> torch.Tensor:
 def compute_targets(adapter, harmful_inputs_h0: Sequence[ModelInput], benign_inputs_h0: Sequence[ModelInput],
                     delta: torch.Tensor, *, batch_size: int = 8, progress: bool = True):
     """(h0(x) + δ, h0(b) − δ) from the frozen model, read once with any LoRA disabled."""
-    peft_model = getattr(adapter, "peft_model", None)
-    model = peft_model if peft_model is not None else adapter.model
-    with peft_model.disable_adapter() if peft_model is not None else nullcontext():
-        h_harmful = adapter.hidden_states(list(harmful_inputs_h0), batch_size=batch_size, progress=progress, model=model)
-        h_benign = adapter.hidden_states(list(benign_inputs_h0), batch_size=batch_size, progress=progress, model=model)
+    from .representations import extract
+
+    # through the representation cache (keyed by the vanilla weights and the inputs), so
+    # runs on the same questions (the Top-m% ablation, a resumed run) read h0 once;
+    # model=None runs the vanilla model, any attached LoRA disabled
+    parts = {"purpose": "h0 of RRS targets"}
+    h_harmful = extract(adapter, list(harmful_inputs_h0), cache_key_parts=parts, batch_size=batch_size,
+                        progress=progress)
+    h_benign = extract(adapter, list(benign_inputs_h0), cache_key_parts=parts, batch_size=batch_size,
+                       progress=progress)
     return rrs_targets(h_harmful, h_benign, delta)
 
 
@@ -395,9 +437,15 @@ def train_rrs(adapter, train_items, features: SafetyFeatures, train: TrainConfig
     targets[harmful], targets[benign] = t_harmful, t_benign
     targets = targets.to(adapter.device)
 
+    cache = cached_decoder_inputs(adapter, lambda idx: adapter.prepare([examples[i].train_input for i in idx]),
+                                  len(examples), extract_batch_size or cfg.batch_size, progress,
+                                  key=_inputs_key("rrs", examples))
+
     def step(idx):
-        batch = adapter.prepare([examples[i].train_input for i in idx])
-        h = adapter.last_hidden(batch, model=peft_model)
+        if cache is None:
+            h = adapter.last_hidden(adapter.prepare([examples[i].train_input for i in idx]), model=peft_model)
+        else:
+            h = adapter.decoder_states(adapter.collate_decoder_inputs([cache[i] for i in idx]), peft_model)[:, -1]
         loss, mse, pen = rrs_loss(h, targets[idx], lora_penalty(peft_model), cfg.penalty_weight)
         return loss, {"loss": loss.item(), "mse": mse.item(), "penalty": pen.item()}
 
@@ -444,7 +492,7 @@ def mixed_sft_data(adapter, items, *, modes: Sequence[str] = ("audio-text",), se
 def train_sft(adapter, items, responses: Sequence[str], train: TrainConfig | Profile, out_dir, seed: int = 0, *,
               kind: str = "sft", modes: Sequence[str] = ("audio-text",), prompt_pool: Sequence[str] = TRAINING_PROMPTS,
               epochs: int | None = None, resume: bool = False, on_epoch_end: Callable[[int], None] | None = None,
-              progress: bool = True) -> TrainResult:
+              extract_batch_size: int | None = None, progress: bool = True) -> TrainResult:
     """SFT baseline on the same examples and budget as RRS; `responses[i]` answers row i
     of `items` (in every mode). Loss log entries carry "ce"."""
     cfg = _train_config(train)
@@ -457,9 +505,19 @@ def train_sft(adapter, items, responses: Sequence[str], train: TrainConfig | Pro
     meta = _meta(adapter, kind, cfg, seed, data_hash(examples, responses), modes)
     peft_model = attach_lora(adapter, lora_config(cfg, adapter.lora_target_pattern), seed)
 
+    def sft_batch(idx):
+        return adapter.sft_batch([examples[i].train_input for i in idx], [responses[examples[i].row] for i in idx])
+
+    cache = cached_decoder_inputs(adapter, sft_batch, len(examples), extract_batch_size or cfg.batch_size, progress,
+                                  key=_inputs_key("sft", examples, responses))
+
     def step(idx):
-        batch = adapter.sft_batch([examples[i].train_input for i in idx], [responses[examples[i].row] for i in idx])
-        loss = sft_loss(adapter, batch, peft_model)
+        if cache is None:
+            loss = sft_loss(adapter, sft_batch(idx), peft_model)
+        else:
+            inputs = adapter.collate_decoder_inputs([cache[i] for i in idx])
+            loss = response_cross_entropy(adapter, peft_model, adapter.decoder_states(inputs, peft_model),
+                                          inputs["labels"])
         return loss, {"ce": loss.item()}
 
     return _fit(adapter, peft_model, examples, step, cfg=cfg, out_dir=out_dir, seed=seed, meta=meta, epochs=epochs,

@@ -214,3 +214,41 @@ def test_omni_processor_matches_transformers(tiny_omni_adapter, mixed):
     b = theirs(text=texts, audio=audios, return_tensors="pt", padding=True)
     for key in ("input_ids", "attention_mask", "input_features", "feature_attention_mask"):
         torch.testing.assert_close(a[key], b[key])
+
+
+@torch.no_grad()
+def test_cached_decoder_inputs_give_the_full_forward_pass(tiny_adapter, mixed):
+    """Training runs only the decoder on inputs read once per example; regrouped and
+    re-padded, they must give the states of the whole model (encoder included)."""
+    from rrs.training import attach_lora, detach_lora, response_cross_entropy, sft_loss
+
+    peft_model = attach_lora(tiny_adapter, _lora(tiny_adapter), seed=0)
+    for name, p in peft_model.named_parameters():  # LoRA B starts at 0; make the adapter matter
+        if "lora_B" in name:
+            p.add_(0.05 * torch.randn_like(p))
+    peft_model.eval()
+    full = tiny_adapter.last_hidden(tiny_adapter.prepare(mixed), model=peft_model)
+    rows = tiny_adapter.decoder_inputs(tiny_adapter.prepare(mixed))
+    assert [r["inputs_embeds"].shape[0] for r in rows] == tiny_adapter.prepare(mixed)["attention_mask"].sum(-1).tolist()
+    for order in ([0, 1, 2, 3], [3, 1], [2]):  # other batch compositions pad differently
+        inputs = tiny_adapter.collate_decoder_inputs([rows[i] for i in order])
+        cached = tiny_adapter.decoder_states(inputs, peft_model)[:, -1]
+        torch.testing.assert_close(cached, full[order], atol=1e-5, rtol=1e-4)
+    vanilla = tiny_adapter.decoder_states(tiny_adapter.collate_decoder_inputs(rows), peft_model)[:, -1]
+    assert (vanilla - tiny_adapter.last_hidden(tiny_adapter.prepare(mixed))).abs().max() > 1e-3  # LoRA is on
+
+    responses = ["I cannot help with that.", "Sure, here are the steps.", "I can't", "Hello there"]
+    batch = tiny_adapter.sft_batch(mixed, responses)
+    rows = tiny_adapter.decoder_inputs(batch)
+    inputs = tiny_adapter.collate_decoder_inputs([rows[i] for i in (2, 0, 3, 1)])
+    cached = response_cross_entropy(tiny_adapter, peft_model, tiny_adapter.decoder_states(inputs, peft_model),
+                                    inputs["labels"])
+    torch.testing.assert_close(cached, sft_loss(tiny_adapter, batch, peft_model), atol=1e-5, rtol=1e-4)
+    detach_lora(tiny_adapter)
+
+
+def _lora(adapter):
+    from rrs.profiles import TrainConfig
+    from rrs.training import lora_config
+
+    return lora_config(TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.0), adapter.lora_target_pattern)

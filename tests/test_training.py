@@ -20,6 +20,12 @@ FAST = TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.0, epochs=2, lr=1e-3, 
                    dtype="float32")
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """RRS targets and features go through the representation cache: keep it per test."""
+    monkeypatch.setenv("RRS_CACHE_DIR", str(tmp_path / "rrs-cache"))
+
+
 def features_for(adapter, items, top_m=None):
     from rrs.representations import safety_features
 
@@ -218,3 +224,23 @@ def test_features_of_another_size_are_refused(tiny_qwen2_audio_adapter, tiny_ite
     feats = SafetyFeatures.compute(torch.ones(1, 5), torch.zeros(1, 5), torch.ones(5), model_id="tiny-qwen2-audio")
     with pytest.raises(ValueError, match="hidden size 5"):
         train_rrs(tiny_qwen2_audio_adapter, tiny_items, feats, FAST, tmp_path, progress=False)
+
+
+def test_decoder_inputs_are_read_once_per_set_of_examples(tiny_qwen2_audio_adapter, tiny_items):
+    from rrs.training import cached_decoder_inputs
+
+    adapter, calls = tiny_qwen2_audio_adapter, []
+    examples = training_examples(tiny_items)
+
+    def batch(idx):
+        calls.append(idx)
+        return adapter.prepare([examples[i].train_input for i in idx])
+
+    first = cached_decoder_inputs(adapter, batch, len(examples), 3, progress=False, key="a")
+    assert len(first) == len(examples) and calls == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    assert cached_decoder_inputs(adapter, batch, len(examples), 3, progress=False, key="a") is first
+    assert len(calls) == 3  # same key: nothing read again
+    other = cached_decoder_inputs(adapter, batch, len(examples), 4, progress=False, key="b")
+    assert len(calls) == 5 and other is not first
+    for a, b in zip(first, other):
+        torch.testing.assert_close(a["inputs_embeds"], b["inputs_embeds"], atol=1e-5, rtol=1e-4)

@@ -89,6 +89,10 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+class _DecoderReached(Exception):
+    """Stops a forward pass once the decoder's inputs are captured (LALMAdapter.decoder_inputs)."""
+
+
 class LALMAdapter:
     """One loaded audio LLM + processor, with batched, left-padded access to h(x).
 
@@ -281,6 +285,92 @@ class LALMAdapter:
             labels[i, -n:] = ids.to(labels.device)
         batch["labels"] = labels
         return batch
+
+    # -- the frozen part of a training step --------------------------------------------
+    # LoRA adapts only the decoder layers, so everything before them (audio features, the
+    # audio encoder and projector, the token embeddings) is a constant of each example.
+    # Training reads the decoder's inputs once per example and then runs only the decoder
+    # per step; on the mini model this skips the encoder, two thirds of a forward pass.
+    caches_decoder_inputs: bool = True
+
+    def decoder(self, model=None) -> torch.nn.Module:
+        """The decoder stack: input embeddings in, final-norm states out (LoRA's only home)."""
+        return self.backbone(model if model is not None else self.model).language_model
+
+    @torch.no_grad()
+    def decoder_inputs(self, batch: BatchFeature) -> list[dict]:
+        """Per row of a prepared batch (`prepare` or `sft_batch`), what the decoder receives,
+        padding removed: `inputs_embeds` [L, H], `position_ids` [..., L] and, for an SFT
+        batch, `labels` [L]; tensors on the CPU. Read with the model in eval mode (the
+        frozen encoder without dropout), by stopping the forward pass at the decoder."""
+        if not self.caches_decoder_inputs:
+            raise NotImplementedError(f"{self.model_id}: decoder inputs are not cached for this model")
+        captured = {}
+
+        def capture(module, args, kwargs):
+            captured.update(kwargs)
+            raise _DecoderReached
+
+        model = self.model
+        was_training = model.training
+        model.eval()
+        kwargs = self.forward_kwargs({k: v for k, v in batch.items() if k != "labels"})
+        handle = self.decoder(model).register_forward_pre_hook(capture, with_kwargs=True)
+        try:
+            self.backbone(model)(**kwargs, use_cache=False)
+        except _DecoderReached:
+            pass
+        finally:
+            handle.remove()
+            model.train(was_training)
+        if "inputs_embeds" not in captured:
+            raise RuntimeError(f"{self.model_id}: the backbone never called its decoder")
+        extra = sorted(k for k, v in captured.items() if torch.is_tensor(v)
+                       and k not in ("inputs_embeds", "attention_mask", "position_ids"))
+        if extra:
+            raise NotImplementedError(f"{self.model_id}: the decoder also takes {extra}; not cached")
+        embeds, mask, positions = captured["inputs_embeds"], captured["attention_mask"].bool(), captured["position_ids"]
+        rows = []
+        for i in range(embeds.shape[0]):
+            keep = mask[i]
+            row = {"inputs_embeds": embeds[i, keep].cpu()}
+            if positions is not None:  # [B, L] (RoPE) or [k, B, L] (M-RoPE)
+                row["position_ids"] = (positions[i, keep] if positions.dim() == 2 else positions[:, i, keep]).cpu()
+            if "labels" in batch:
+                row["labels"] = batch["labels"][i, keep].cpu()
+            rows.append(row)
+        return rows
+
+    def collate_decoder_inputs(self, rows: Sequence[dict]) -> dict:
+        """Left-pad per-example decoder inputs into a batch on the device. Padding is masked
+        out of attention, so its values never reach a real token's state."""
+        n = max(r["inputs_embeds"].shape[0] for r in rows)
+        pad = self.backbone(self.model).get_input_embeddings().weight[self.generation_kwargs()["pad_token_id"]]
+
+        def left_pad(t, value, dim=-1):
+            width = n - t.shape[dim]
+            if width == 0:
+                return t
+            shape = list(t.shape)
+            shape[dim] = width
+            return torch.cat([torch.full(shape, value, dtype=t.dtype), t], dim=dim)
+
+        embeds = torch.stack([torch.cat([pad.detach().cpu().to(r["inputs_embeds"].dtype).expand(
+            n - r["inputs_embeds"].shape[0], -1), r["inputs_embeds"]]) for r in rows])
+        mask = torch.stack([left_pad(torch.ones(r["inputs_embeds"].shape[0], dtype=torch.long), 0) for r in rows])
+        out = {"inputs_embeds": embeds, "attention_mask": mask}
+        if "position_ids" in rows[0]:
+            pos = [left_pad(r["position_ids"], 0) for r in rows]
+            out["position_ids"] = torch.stack(pos, dim=0 if pos[0].dim() == 1 else 1)
+        if "labels" in rows[0]:
+            out["labels"] = torch.stack([left_pad(r["labels"], -100) for r in rows])
+        return {k: v.to(self.device) for k, v in out.items()}
+
+    def decoder_states(self, inputs: dict, model) -> torch.Tensor:
+        """[B, L, H] final-norm states of the decoder for collated decoder inputs (keeps the
+        graph; `model` is the peft model being trained)."""
+        inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        return self.decoder(model)(**inputs, use_cache=False).last_hidden_state
 
     def describe(self) -> dict:
         return {"model_id": self.model_id, "class": type(self).__name__, "revision": self.revision,

@@ -58,6 +58,9 @@ class QwenAudioChatAdapter(LALMAdapter):
     lora_target_pattern = QWEN1_LLM_LORA_PATTERN
     system_prompt = "You are a helpful assistant."
     remote_code = True
+    # its remote-code transformer merges audio inside one module (no separate decoder stack
+    # to stop at), so training runs the whole forward pass every step
+    caches_decoder_inputs = False
 
     @classmethod
     def load(cls, path_or_id, *, model_id, device="cpu", dtype="float32", revision=None,
