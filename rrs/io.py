@@ -68,13 +68,19 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-def git_commit() -> str:
-    """The commit of the working tree, with '+dirty' when it has uncommitted changes."""
+# what run_all.sh itself rewrites: changes there do not make the code that runs "dirty"
+GENERATED_PATHS = ("figures", "tables", "results", "README.md")
+
+
+def git_commit(root: str | Path = REPO_ROOT) -> str:
+    """The commit of the working tree, with '+dirty' when it has uncommitted changes
+    outside the generated outputs (GENERATED_PATHS, which a run is busy rewriting)."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                *(f":(exclude){p}" for p in GENERATED_PATHS)],
+                               cwd=root, capture_output=True, text=True).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (subprocess.CalledProcessError, FileNotFoundError):
         return "unknown"

@@ -117,3 +117,29 @@ def test_readme_results_are_generated_from_tables(tmp_path):
     readme.write_text("# no markers\n")
     with pytest.raises(ValueError, match="no <!-- results:start -->"):
         report.update_readme(readme, tmp_path)
+
+
+def test_git_commit_is_dirty_for_code_changes_not_for_generated_outputs(tmp_path):
+    import subprocess
+
+    from rrs.io import git_commit
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "rrs").mkdir()
+    (tmp_path / "tables" / "t.csv").write_text("a\n1\n")
+    (tmp_path / "rrs" / "m.py").write_text("x = 1\n")
+    (tmp_path / "README.md").write_text("results\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "init")
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    assert git_commit(tmp_path) == sha
+    (tmp_path / "tables" / "t.csv").write_text("a\n2\n")   # a run rewriting its outputs
+    (tmp_path / "README.md").write_text("new results\n")
+    assert git_commit(tmp_path) == sha
+    (tmp_path / "rrs" / "m.py").write_text("x = 2\n")      # code that differs from the commit
+    assert git_commit(tmp_path) == sha + "+dirty"
