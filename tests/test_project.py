@@ -143,3 +143,21 @@ def test_git_commit_is_dirty_for_code_changes_not_for_generated_outputs(tmp_path
     assert git_commit(tmp_path) == sha
     (tmp_path / "rrs" / "m.py").write_text("x = 2\n")      # code that differs from the commit
     assert git_commit(tmp_path) == sha + "+dirty"
+
+
+def test_requirements_lock_pins_every_dependency_within_pyproject_ranges():
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    lock = {}
+    for line in (REPO_ROOT / "requirements.lock").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            assert canonicalize_name(name) not in lock, f"{name} pinned twice in requirements.lock"
+            lock[canonicalize_name(name)] = version.strip()
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    for spec in project["dependencies"] + project["optional-dependencies"]["dev"]:
+        req = Requirement(spec)
+        pinned = lock.get(canonicalize_name(req.name))
+        assert pinned is not None, f"{req.name} is a dependency but not in requirements.lock"
+        assert req.specifier.contains(pinned, prereleases=True), f"lock pins {req.name}=={pinned}, pyproject wants {req.specifier}"
