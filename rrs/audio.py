@@ -27,7 +27,13 @@ from . import io as rio
 from .paths import cache_dir
 
 SAMPLE_RATE = 16_000
-ENGINE = "espeak-ng"
+# "seeded": clips spoken since eSpeak NG's random generator is seeded per utterance (below);
+# the name is part of every cache key, so clips from the unseeded engine are never reused.
+ENGINE = "espeak-ng-seeded"
+# eSpeak NG draws random numbers (e.g. the breathy "+f3" voice variant) from a generator it
+# seeds differently in every process: unseeded, the same text, voice and rate gave
+# different samples in two runs, and two `./run_all.sh` runs gave different tables.
+RAND_SEED = 0
 
 
 class AudioError(ValueError):
@@ -69,10 +75,15 @@ class _ESpeak:
         return 0
 
     def synth(self, text: str, voice: str, rate: int) -> np.ndarray:
+        # Seeded per utterance, so the same process history gives the same samples in every
+        # run. eSpeak NG also carries a little state from one utterance to the next (a clip
+        # spoken after others can differ by a few samples from the same clip spoken first),
+        # which is why the pipeline speaks in table order and caches every clip.
         with self.lock:
             if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
                 raise ValueError(f"eSpeak NG has no voice {voice!r}")
             self.lib.espeak_SetParameter(self._RATE, int(rate), 0)
+            self.lib.espeak_ng_SetRandSeed(ctypes.c_long(RAND_SEED))
             self._chunks = []
             raw = text.encode("utf-8")
             err = self.lib.espeak_Synth(raw, len(raw) + 1, 0, self._POS_CHARACTER, 0,

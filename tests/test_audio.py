@@ -96,3 +96,22 @@ def test_speak_questions_records_voice_rate_and_window():
     again = audio.speak_questions(df, voices=("en-us", "en"), rates=(150,), max_seconds=2.5,
                                   progress=False)
     assert again.equals(out)
+
+
+_SPEAK_IN_A_NEW_PROCESS = """
+import hashlib
+from rrs.audio import speak
+for voice in ("en-us", "en-us+f3", "en+m3", "en-us+f3"):
+    print(hashlib.sha256(speak("How can I fix a flat bicycle tyre?", voice, 170).tobytes()).hexdigest())
+"""
+
+
+def test_speech_is_identical_in_two_processes():
+    # eSpeak NG seeds its random generator differently in every process (the breathy
+    # "+f3" variant differed from run to run) unless rrs.audio seeds it per utterance.
+    import subprocess
+    import sys
+
+    runs = [subprocess.run([sys.executable, "-c", _SPEAK_IN_A_NEW_PROCESS], capture_output=True, text=True,
+                           check=True).stdout.split() for _ in range(2)]
+    assert len(runs[0]) == 4 and runs[0] == runs[1]

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import audio as raudio
 from .. import io as rio
 from ..modes import REFUSAL_INSTRUCTION, ModelInput
 from ..paths import REPO_ROOT, cache_dir
@@ -205,7 +206,7 @@ def build_corpus(cfg: BuildConfig, df) -> Corpus:
 def clip_features(corpus: Corpus, feature_extractor, cache: Path | None, progress: bool = True) -> MelFeatures:
     """Speak every clip (eSpeak NG) and compute its cropped log-mel features (cached)."""
     key = rio.sha256_json([[c.text, c.voice, c.rate] for c in corpus.clips]
-                          + [feature_extractor.to_dict()["n_samples"], feature_extractor.feature_size])[:16]
+                          + [feature_extractor.to_dict()["n_samples"], feature_extractor.feature_size, raudio.ENGINE])[:16]
     path = cache / f"features-{key}.pt" if cache else None
     if path is not None and path.exists():
         try:
