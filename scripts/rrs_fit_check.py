@@ -1,0 +1,87 @@
+"""Can RRS fit its own training questions, and does what it learns carry over to the test split?
+
+RRS trains LoRA so that h(x) of spoken harmful training questions moves to h0(x) + δ and
+that of spoken benign ones to h0(b) − δ. This script trains RRS with a chosen budget (epochs,
+learning rate, LoRA rank, weight of the LoRA penalty Σ‖s·B·A‖²) through the same stages as
+notebook 04, then reports, for the training split and the test split in every input mode:
+
+  p_I harmful / benign   mean first-token probability of "I", vanilla -> RRS
+  AUC                    ROC AUC of p_I for harmful vs benign, vanilla -> RRS (0.5: no separation)
+  I-first harmful/benign share of questions whose p_I exceeds 0.5 after RRS
+
+and the mean representation loss (MSE) per epoch. A method that separates the training split
+but not the test split has memorised its training clips rather than learned what makes a
+question harmful. Usage (prints; writes only checkpoints and representations to the cache):
+
+    RRS_DATA_DIR=../shared/data .venv/bin/python scripts/rrs_fit_check.py --epochs 15 [--penalty-weight 0]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rrs import stages  # noqa: E402
+from rrs.modes import MODES  # noqa: E402
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default="mini")
+    ap.add_argument("--model", default=None, help="model id or folder (default: the profile's)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=None, help="default: the profile's")
+    ap.add_argument("--lr", type=float, default=None, help="default: the profile's")
+    ap.add_argument("--rank", type=int, default=None, help="LoRA r (alpha keeps the profile's alpha/r)")
+    ap.add_argument("--penalty-weight", type=float, default=None,
+                    help="weight of the LoRA penalty in the RRS loss (the paper's: 1)")
+    args = ap.parse_args(argv)
+    # never touch the committed figures/ and tables/: this script only reads and caches
+    os.environ.setdefault("RRS_OUTPUT_ROOT", tempfile.mkdtemp(prefix="rrs-fit-check-"))
+
+    P, adapter, questions = stages.setup(args.profile, args.seed, model=args.model, progress=False)
+    train_cfg = P.train
+    if args.rank is not None:
+        train_cfg = dataclasses.replace(train_cfg, lora_r=args.rank,
+                                        lora_alpha=round(train_cfg.lora_alpha * args.rank / train_cfg.lora_r, 6))
+    for field, value in (("epochs", args.epochs), ("lr", args.lr), ("penalty_weight", args.penalty_weight)):
+        if value is not None:
+            train_cfg = dataclasses.replace(train_cfg, **{field: value})
+    P = dataclasses.replace(P, train=train_cfg)
+    print(f"RRS on {args.model or P.default_model}: epochs {train_cfg.epochs}, lr {train_cfg.lr:g}, "
+          f"r {train_cfg.lora_r}, alpha {train_cfg.lora_alpha:g}, penalty weight {train_cfg.penalty_weight:g}",
+          flush=True)
+
+    checkpoint = stages.method_checkpoint(adapter, questions, P, args.seed, "rrs")
+    log = pd.DataFrame(stages.training_log(checkpoint))
+    print("mean MSE per epoch:", " ".join(f"{e}:{m:.3f}" for e, m in log.groupby("epoch").mse.mean().items()))
+    model = stages.load_method(adapter, questions, P, args.seed, "rrs")
+
+    rows = []
+    for split, table in (("train", stages.train_questions(questions)), ("test", stages.split_questions(questions))):
+        harmful = (table.label == "harmful").to_numpy()
+        for mode in MODES:
+            p0 = stages.refusal_token_probs(adapter, stages.representations(adapter, table, mode, progress=False))
+            p1 = stages.refusal_token_probs(adapter, stages.representations(adapter, table, mode, model=model,
+                                                                            progress=False), model=model)
+            p0, p1 = p0.numpy(), p1.numpy()
+            rows.append({"split": split, "mode": mode, "n": len(table),
+                         "p_I harmful": f"{p0[harmful].mean():.3f} -> {p1[harmful].mean():.3f}",
+                         "p_I benign": f"{p0[~harmful].mean():.3f} -> {p1[~harmful].mean():.3f}",
+                         "AUC": f"{roc_auc_score(harmful, p0):.3f} -> {roc_auc_score(harmful, p1):.3f}",
+                         "I-first harmful": round(float(np.mean(p1[harmful] > 0.5)), 3),
+                         "I-first benign": round(float(np.mean(p1[~harmful] > 0.5)), 3)})
+    print(pd.DataFrame(rows).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""The diagnosis scripts in scripts/ still run against the package (on the small `ci` profile)."""
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rrs_fit_check_reports_both_splits_in_every_mode(capsys, tmp_path, monkeypatch):
+    from rrs import stages
+    from rrs.modes import MODES
+
+    monkeypatch.setenv("RRS_OUTPUT_ROOT", str(tmp_path / "out"))
+    _load("rrs_fit_check").main(["--profile", "ci", "--epochs", "1", "--penalty-weight", "0"])
+    out = capsys.readouterr().out
+    assert "epochs 1, lr 0.002, r 8, alpha 16, penalty weight 0" in out
+    assert re.search(r"mean MSE per epoch: 1:\d+\.\d{3}$", out, re.M)
+    rows = [line.split() for line in out.splitlines() if re.match(r"\s*(train|test) ", line)]
+    assert sorted((r[0], r[1]) for r in rows) == sorted((s, m) for s in ("train", "test") for m in MODES)
+    _, _, questions = stages.setup("ci", 0, progress=False)
+    n = {"train": len(stages.train_questions(questions)), "test": len(stages.split_questions(questions))}
+    for r in rows:
+        assert int(r[2]) == n[r[0]]
+        auc_before, auc_after = float(r[9]), float(r[11])  # "AUC" column: a -> b
+        assert 0 <= auc_before <= 1 and 0 <= auc_after <= 1
+        assert 0 <= float(r[12]) <= 1 and 0 <= float(r[13]) <= 1
+    assert not (tmp_path / "out" / "tables").exists(), "the diagnosis must not write tables"
