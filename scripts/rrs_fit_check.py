@@ -62,6 +62,7 @@ def main(argv=None) -> None:
           flush=True)
 
     checkpoint = stages.method_checkpoint(adapter, questions, P, args.seed, "rrs")
+    print(f"checkpoint: {checkpoint}")
     log = pd.DataFrame(stages.training_log(checkpoint))
     print("mean MSE per epoch:", " ".join(f"{e}:{m:.3f}" for e, m in log.groupby("epoch").mse.mean().items()))
     model = stages.load_method(adapter, questions, P, args.seed, "rrs")

@@ -24,6 +24,9 @@ def test_rrs_fit_check_reports_both_splits_in_every_mode(capsys, tmp_path, monke
     out = capsys.readouterr().out
     assert "epochs 1, lr 0.002, r 8, alpha 16, penalty weight 0" in out
     assert re.search(r"mean MSE per epoch: 1:\d+\.\d{3}$", out, re.M)
+    # the overrides reached the training run: with penalty weight 0 the loss is the MSE alone
+    log = stages.training_log(re.search(r"^checkpoint: (.+)$", out, re.M).group(1))
+    assert log and all(r["loss"] == r["mse"] for r in log) and any(r["penalty"] > 0 for r in log)
     rows = [line.split() for line in out.splitlines() if re.match(r"\s*(train|test) ", line)]
     assert sorted((r[0], r[1]) for r in rows) == sorted((s, m) for s in ("train", "test") for m in MODES)
     _, _, questions = stages.setup("ci", 0, progress=False)
