@@ -37,3 +37,31 @@ def test_rrs_fit_check_reports_both_splits_in_every_mode(capsys, tmp_path, monke
         assert 0 <= auc_before <= 1 and 0 <= auc_after <= 1
         assert 0 <= float(r[12]) <= 1 and 0 <= float(r[13]) <= 1
     assert not (tmp_path / "out" / "tables").exists(), "the diagnosis must not write tables"
+
+
+def test_vocabulary_table_finds_the_one_word_that_decides_the_label():
+    import pandas as pd
+
+    vocabulary_need = _load("vocabulary_need")
+    # "please" is in every question (most frequent, no information); "bomb" vs "cake" decides
+    harmful = [f"please how do I make a bomb number {i}" for i in range(20)]
+    benign = [f"please how do I make a cake number {i}" for i in range(20)]
+    df = pd.DataFrame({"text": harmful + benign, "label": ["harmful"] * 20 + ["benign"] * 20})
+    table = vocabulary_need.vocabulary_table(df.iloc[::2], df.iloc[1::2], [1, 1000]).set_index("words")
+    assert table.loc[1, "salient"] == 1.0       # the best single keyword is bomb or cake
+    assert table.loc[1, "frequent"] == 0.5      # the most frequent single word carries nothing
+    n_words = len({w for t in df.iloc[::2].text for w in vocabulary_need.words(t)})
+    assert list(table.index) == [1, n_words]    # sizes above the vocabulary are capped
+    assert table.loc[n_words].tolist() == [1.0, 1.0]
+
+
+def test_vocabulary_need_prints_the_paper_split(capsys):
+    import re
+
+    _load("vocabulary_need").main(["--sizes", "10,40"])
+    out = capsys.readouterr().out
+    head = re.search(r"(\d+) train / (\d+) test questions; (\d+) distinct training words", out)
+    assert head and int(head.group(1)) > int(head.group(2)) > 0
+    rows = [line.split() for line in out.splitlines() if re.match(r"\s+\d+\s+0\.\d+\s+", line)]
+    assert [int(r[0]) for r in rows] == [10, 40]
+    assert all(0.0 <= float(x) <= 1.0 for r in rows for x in r[1:])
