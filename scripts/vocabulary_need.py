@@ -18,7 +18,6 @@ words the training vocabulary covers. Usage (prints a table; nothing is written)
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
@@ -34,10 +33,8 @@ from rrs import data  # noqa: E402
 from rrs.profiles import get_profile  # noqa: E402
 
 WORD = r"(?u)\b\w+\b"
-
-
-def words(text: str) -> list[str]:
-    return re.findall(WORD, text.lower())
+# the words of a text exactly as the probe's vectorizer sees them (lower-cased WORD matches)
+words = CountVectorizer(token_pattern=WORD).build_analyzer()
 
 
 def probe_auc(train: pd.DataFrame, test: pd.DataFrame, vocabulary) -> float:
@@ -52,11 +49,12 @@ def vocabulary_table(train: pd.DataFrame, test: pd.DataFrame, sizes) -> pd.DataF
     if train.label.nunique() < 2 or test.label.nunique() < 2:
         raise ValueError("both splits need harmful and benign questions")
     full = CountVectorizer(binary=True, token_pattern=WORD)
-    counts = np.asarray(full.fit_transform(train.text).sum(0)).ravel()
+    present = full.fit_transform(train.text)
+    counts = np.asarray(present.sum(0)).ravel()
     names = full.get_feature_names_out()
     # ties broken by the word itself, so the table does not depend on dictionary order
     frequent = [names[i] for i in sorted(range(len(names)), key=lambda i: (-counts[i], names[i]))]
-    weights = LogisticRegression(C=1.0, max_iter=5000).fit(full.transform(train.text), train.label == "harmful").coef_[0]
+    weights = LogisticRegression(C=1.0, max_iter=5000).fit(present, train.label == "harmful").coef_[0]
     salient = [names[i] for i in sorted(range(len(names)), key=lambda i: (-abs(weights[i]), names[i]))]
     rows = []
     for k in sorted({min(int(k), len(names)) for k in sizes}):

@@ -56,8 +56,6 @@ def test_vocabulary_table_finds_the_one_word_that_decides_the_label():
 
 
 def test_vocabulary_need_prints_the_paper_split(capsys):
-    import re
-
     _load("vocabulary_need").main(["--sizes", "10,40"])
     out = capsys.readouterr().out
     head = re.search(r"(\d+) train / (\d+) test questions; (\d+) distinct training words", out)
