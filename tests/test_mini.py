@@ -279,21 +279,84 @@ def test_tiny_build_end_to_end_and_interrupted_build(tmp_path, monkeypatch):
     cfg = B.BuildConfig(synthetic_per_family=20, paper_spoken_variants=0, spoken_synthetic_benign=24,
                         spoken_synthetic_harmful=8, vocab_size=600, text_steps=3, mixed_steps=2,
                         text_batch=8, audio_batch=4, mixed_text_batch=4, checkpoint_every=1,
-                        hear_steps=2, hear_batch=4)
+                        hear_steps=2, hear_batch=4, word_cycles=(1, 1), word_batch=4)
     out = tmp_path / "model"
 
     def boom(*a, **k):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(B, "publish", boom)
+    positions = {}
+    train = B.train
+
+    def spy(cfg, model, *a, **k):  # the words stage trains the encoder's (frozen) positions
+        positions["before"] = model.model.audio_tower.embed_positions.weight.detach().clone()
+        out = train(cfg, model, *a, **k)
+        positions["after"] = model.model.audio_tower.embed_positions.weight.detach().clone()
+        return out
+
+    monkeypatch.setattr(B, "train", spy)
     with pytest.raises(KeyboardInterrupt):
         B.build(out, cfg, threads=1, progress=False)
+    assert not torch.equal(positions["before"], positions["after"])
     assert not out.exists() and not list(tmp_path.glob(".model.tmp-*"))
     monkeypatch.undo()
     monkeypatch.setenv("RRS_CACHE_DIR", str(tmp_path / "cache"))
     record = B.build(out, cfg, threads=1, progress=False)
-    assert record["steps"] == {"hear": 2, "text": 3, "mixed": 2}
+    assert record["steps"] == {"hear": 2, "text": 3, "words": 2, "mixed": 2}
     assert verify_mini(out)["corpus_checksum"] == record["corpus_checksum"]
     ad = load_mini(out)
     assert len(ad.generate([build_input("How do I bake bread?", None, "text-only")], max_new_tokens=3,
                            progress=False)) == 1
+
+
+def test_espeak_word_timings_follow_the_text():
+    from rrs.mini.speech import synthesize, synthesize_words
+
+    text = "  How could I protect a cat at home?"
+    wav, words = synthesize_words(text, "en-us", 170)
+    spoken = [text.strip()[a:b] for a, b, _ in words]
+    assert spoken == ["How", "could", "I", "protect", "a", "cat", "at", "home"]
+    starts = [ms for _, _, ms in words]
+    assert starts == sorted(starts) and starts[0] < 100 and starts[-1] < 1000 * len(wav) / 16000
+    # the same speech as synthesize (up to the few samples eSpeak NG carries between utterances)
+    assert abs(len(synthesize(text, "en-us", 170)) - len(wav)) < 160
+
+
+def test_frame_token_labels_share_each_words_frames_among_its_tokens(adapter):
+    from rrs.mini.speech import FRAME_MS, frame_token_labels
+
+    tok = adapter.processor.tokenizer
+    text = "How unbreakable"
+    words = [(0, 3, 0), (4, 15, 200)]  # "How" from 0 ms, "unbreakable" from 200 ms
+    labels = frame_token_labels(text, words, n_frames=12, tokenizer=tok, duration_ms=400)
+    how, unb = tok("How")["input_ids"], tok(" unbreakable")["input_ids"]
+    assert 200 % FRAME_MS == 0 and len(how) == 1 and len(unb) >= 2
+    assert labels[:5].tolist() == how * 5                    # frames centred at 20..180 ms
+    second = labels[5:10].tolist()                           # 220..380 ms, in token order
+    assert set(second) == set(unb) and second == sorted(second, key=unb.index)
+    assert labels[10:].tolist() == [-100, -100]              # after the clip's end
+
+
+def test_word_stage_cycles_restart_the_schedule():
+    from rrs.mini import build as B
+
+    assert [B._cycle_position((3, 5), s) for s in (0, 2, 3, 7)] == [(0, 3), (2, 3), (0, 5), (4, 5)]
+    with pytest.raises(ValueError, match="beyond"):
+        B._cycle_position((3, 5), 8)
+
+
+def test_word_timings_survive_espeaks_lost_first_word_event():
+    """eSpeak NG loses the first WORD event after many TextToPhonemes calls; the timings
+    must still name every word (checked to fail without rrs.audio._restore_first_word)."""
+    from rrs import audio as raudio
+    from rrs.mini.speech import synthesize_words
+
+    for _ in range(60):
+        raudio._engine().phonemes("How are you today?")
+    text = "How could I protect a cat at home?"
+    _, words = synthesize_words(text, "en-us", 170)
+    assert [text[a:b] for a, b, _ in words] == ["How", "could", "I", "protect", "a", "cat", "at", "home"]
+    assert words[0][2] == 0 and words[1][2] > 0
+    assert raudio._restore_first_word("  Hi there", [(5, 10, 90)]) == [(2, 4, 0), (5, 10, 90)]
+    assert raudio._restore_first_word("Hi", []) == [(0, 2, 0)]

@@ -43,10 +43,39 @@ _RESAMPLE = _Resampler()
 
 def synthesize(text: str, voice: str, rate: int) -> np.ndarray:
     """eSpeak NG speech of `text` at 16 kHz mono float32 (same samples as rrs.audio.speak)."""
+    return synthesize_words(text, voice, rate)[0]
+
+
+def synthesize_words(text: str, voice: str, rate: int) -> tuple[np.ndarray, list]:
+    """(speech as `synthesize`, [(first char, end char, start ms)] of each word of
+    text.strip()): the word timings come from eSpeak NG itself."""
     if not text or not text.strip():
         raise ValueError("cannot speak an empty text")
     engine = raudio._engine()
-    return _RESAMPLE(engine.synth(text.strip(), voice, rate), engine.sample_rate)
+    wav, words = engine.synth_words(text.strip(), voice, rate)
+    return _RESAMPLE(wav, engine.sample_rate), words
+
+
+FRAME_MS = 40  # one audio token of Qwen2-Audio: 10 ms mel hop x conv stride 2 x pooling 2
+
+
+def frame_token_labels(text: str, words, n_frames: int, tokenizer, duration_ms: float) -> np.ndarray:
+    """The text token spoken during each audio token of a clip of text.strip() (-100 where
+    none: silence, punctuation). A word's frames are shared evenly among its tokens, in
+    order. These are the targets that teach the encoder to hear words (rrs.mini.build)."""
+    text = text.strip()
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+    labels = np.full(n_frames, -100, np.int64)
+    centres = FRAME_MS * np.arange(n_frames) + FRAME_MS / 2
+    for k, (start, end, ms) in enumerate(words):
+        ids = [t for t, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]) if start <= a < end or a < start < b]
+        if not ids:
+            continue
+        stop = words[k + 1][2] if k + 1 < len(words) else duration_ms
+        inside = np.flatnonzero((centres >= ms) & (centres < stop))
+        share = (centres[inside] - ms) / max(1.0, stop - ms)
+        labels[inside] = np.asarray(ids)[np.minimum(len(ids) - 1, (share * len(ids)).astype(int))]
+    return labels
 
 
 @dataclass
@@ -59,6 +88,7 @@ class MelFeatures:
     lengths: np.ndarray
     pads: np.ndarray
     window_frames: int
+    words: list | None = None  # per clip: eSpeak NG's word timings (synthesize_words)
 
     def batch(self, idx, frames: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_features [B, n_mels, T], feature_attention_mask [B, T]) for clips `idx`.
