@@ -54,7 +54,7 @@ from .. import io as rio
 from ..modes import REFUSAL_INSTRUCTION, ModelInput
 from ..paths import REPO_ROOT, cache_dir
 from . import corpus as C
-from .speech import FRAME_MS, MelFeatures, frame_token_labels, log_mel, phoneme_string, synthesize_words
+from .speech import MelFeatures, frame_token_labels, log_mel, phoneme_string, synthesize_words
 
 DEFAULT_OUT = REPO_ROOT / "rrs" / "mini" / "model"
 RECORD = "build_record.json"
@@ -112,13 +112,13 @@ class BuildConfig:
     hear_steps: int = 300              # stage 0: the encoder alone learns the CTC units
     hear_batch: int = 48
     # stage "words": frame-level word targets (encoder + projector), in cosine cycles with a
-    # warm restart (fresh optimiser moments, new warm-up): measured, one 2,000-step cycle
-    # ended at a word loss of 1.45 and left spoken questions inseparable (probe AUC 0.59);
-    # 400 + 1,600 steps reached 62% held-out frame accuracy and a spoken p("I") AUC of 0.70
+    # warm restart (fresh optimiser moments, new warm-up), as in the throwaway recipe that
+    # first worked. The cycles alone are not what matters: with frozen positions (below) two
+    # cycles ended at a word loss of 1.51, one 2,000-step cycle at 1.45
     word_cycles: tuple = (400, 1600)
     # ... and also trains the encoder's positional embeddings, which transformers freezes
     # (Whisper's are fixed sinusoids). Measured: with them frozen the word loss ended at 1.5
-    # (two builds) and RRS then moved no spoken test question; trained, 0.85, and it did
+    # (two builds) and RRS then moved no spoken test question; trained, 0.93, and it did
     word_positions: bool = True
     word_batch: int = 48
     word_weight: float = 1.0           # the word loss, kept as an auxiliary loss in the mixed stage
@@ -348,8 +348,7 @@ class Batcher:
         n_audio = {}
         if clip_idx:
             for i in clip_idx:
-                l1 = (int(feats.lengths[i]) - 1) // 2 + 1
-                n_audio[i] = (l1 - 2) // 2 + 1
+                n_audio[i] = _audio_tokens(int(feats.lengths[i]))
         for text, clip, mode, response, *rest in examples:
             keep = rest[0] if rest else None
             p = self.prompt_ids(text, clip is not None, mode)
