@@ -122,6 +122,9 @@ class BuildConfig:
     word_positions: bool = True
     word_batch: int = 48
     word_weight: float = 1.0           # the word loss, kept as an auxiliary loss in the mixed stage
+    # encoder-only stages draw clips of similar length together (length_batch): a random batch
+    # of 48 pads to about twice its mean clip length, and the encoder's cost grows with it
+    length_chunk: int = 16             # batches per sorted chunk; 0: uniform random batches
     paper_share: float = 0.4           # share of text questions drawn from the paper's train rows
     paper_surface_noise: bool = True   # lower-case / drop the final "?" of some paper questions
     prefix_tokens: int = 2             # a "prefix" example trains only this many response tokens
@@ -131,9 +134,9 @@ class BuildConfig:
     audio_mix: tuple = (("asr", 0.40), ("audio_text_answer", 0.20), ("audio_only_answer", 0.16),
                         ("audio_text_instruction", 0.12), ("audio_only_instruction", 0.12))
     checkpoint_every: int = 100
-    # development only: hold out this share of train groups (never trained on) to measure
-    # generalisation without looking at the test split
-    val_fraction: float = 0.2
+    # development only (the committed build uses 0): hold out this share of train groups
+    # (never trained on) to measure generalisation without looking at the test split
+    val_fraction: float = 0.0
 
 
 # ----------------------------------------------------------------------------- corpus
@@ -425,6 +428,27 @@ def word_targets(tokenizer, corpus: Corpus, feats: MelFeatures) -> list[np.ndarr
     return out
 
 
+def length_batch(lengths: np.ndarray, batch: int, chunk: int, seed: int, stage: int, step: int) -> np.ndarray:
+    """Clip indices of batch `step` of an encoder-only stage. Every epoch is a seeded
+    permutation of all clips, cut into chunks of `chunk` batches; each chunk is sorted by
+    length and cut into batches, and the epoch's batches are shuffled. So every clip is
+    seen once per epoch and a batch pads little (chunk 0: `batch` uniform draws)."""
+    n = len(lengths)
+    if chunk <= 0:
+        return np.random.default_rng([seed, stage, step]).integers(n, size=batch)
+    per_epoch = n // batch
+    epoch, k = divmod(step, per_epoch)
+    rng = np.random.default_rng([seed, stage, 1_000_000 + epoch])
+    perm = rng.permutation(n)[: per_epoch * batch]
+    size = chunk * batch
+    batches = []
+    for c in range(0, len(perm), size):
+        part = perm[c: c + size]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches += [part[b: b + batch] for b in range(0, len(part) - batch + 1, batch)]
+    return batches[rng.permutation(len(batches))[k]]
+
+
 def _audio_tokens(mel_frames: int) -> int:
     """Audio tokens of a clip of `mel_frames` valid frames (the encoder's conv + pooling)."""
     return ((mel_frames - 1) // 2 + 1 - 2) // 2 + 1
@@ -669,13 +693,13 @@ def train(cfg: BuildConfig, model, batcher: Batcher, sampler: Sampler, feats: Me
                 scale = cfg.mixed_llm_lr_scale if (st_name == "mixed" and gi == 0) else 1.0
                 g["lr"] = scale * lr_at(cfg, s_lr, n_lr)
             if st_name == "hear":
-                batch = batcher.collate([(None, int(i), "audio-only", "")
-                                         for i in rng.integers(len(feats.crops), size=cfg.hear_batch)], feats)
+                idx = length_batch(feats.lengths, cfg.hear_batch, cfg.length_chunk, cfg.seed, order.index(st_name), s)
+                batch = batcher.collate([(None, int(i), "audio-only", "") for i in idx], feats)
                 loss = hear_loss(model, batch, ctc_head)
                 parts = {"ctc": loss.item()}
             elif st_name == "words":
-                batch = batcher.collate([(None, int(i), "audio-only", "")
-                                         for i in rng.integers(len(feats.crops), size=cfg.word_batch)], feats)
+                idx = length_batch(feats.lengths, cfg.word_batch, cfg.length_chunk, cfg.seed, order.index(st_name), s)
+                batch = batcher.collate([(None, int(i), "audio-only", "") for i in idx], feats)
                 _, enc, lout = encode_audio(model, batch["input_features"], batch["feature_attention_mask"],
                                             return_encoder=True)
                 loss = word_loss(model, word_head, enc, lout, batch["word_targets"])
