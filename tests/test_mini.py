@@ -360,3 +360,24 @@ def test_word_timings_survive_espeaks_lost_first_word_event():
     assert words[0][2] == 0 and words[1][2] > 0
     assert raudio._restore_first_word("  Hi there", [(5, 10, 90)]) == [(2, 4, 0), (5, 10, 90)]
     assert raudio._restore_first_word("Hi", []) == [(0, 2, 0)]
+
+
+def test_length_batches_cover_every_clip_once_per_epoch_and_pad_little():
+    from rrs.mini import build as B
+
+    lengths = np.random.default_rng(3).integers(100, 600, size=1000)
+    per_epoch = 1000 // 20
+    epoch = [B.length_batch(lengths, 20, 8, 0, 2, s) for s in range(per_epoch)]
+    seen = np.concatenate(epoch)
+    assert len(seen) == len(set(seen.tolist())) == per_epoch * 20  # each clip at most once, none lost
+    # frames the encoder runs on (batch x longest clip) against those it needs
+    padded = sum(20 * lengths[b].max() for b in epoch) / lengths[seen].sum()
+    uniform = [B.length_batch(lengths, 20, 0, 0, 2, s) for s in range(per_epoch)]
+    padded_uniform = sum(20 * lengths[b].max() for b in uniform) / sum(lengths[b].sum() for b in uniform)
+    assert padded < 1.2 < 1.5 < padded_uniform
+    # deterministic and resumable: a batch depends only on (seed, stage, step)
+    assert np.array_equal(B.length_batch(lengths, 20, 8, 0, 2, 7), epoch[7])
+    assert not np.array_equal(B.length_batch(lengths, 20, 8, 1, 2, 7), epoch[7])
+    # the next epoch is a new permutation; chunk 0 keeps the old uniform draws
+    assert not np.array_equal(B.length_batch(lengths, 20, 8, 0, 2, per_epoch), epoch[0])
+    assert np.array_equal(uniform[5], np.random.default_rng([0, 2, 5]).integers(1000, size=20))
