@@ -118,7 +118,7 @@ class BuildConfig:
     word_cycles: tuple = (400, 1600)
     # ... and also trains the encoder's positional embeddings, which transformers freezes
     # (Whisper's are fixed sinusoids). Measured: with them frozen the word loss ended at 1.5
-    # (two builds) and RRS then moved no spoken test question; trained, 0.93, and it did
+    # (two builds) and RRS then moved no spoken test question; trained, 0.93-1.07, and it did
     word_positions: bool = True
     word_batch: int = 48
     word_weight: float = 1.0           # the word loss, kept as an auxiliary loss in the mixed stage
