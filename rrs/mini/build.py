@@ -15,6 +15,7 @@ on the training corpus. Stages, as real LALMs are made (OURS):
    which text token is spoken under each audio token (eSpeak NG's word timings) and to map
    it onto that token's input embedding, in two cosine cycles (the decoder is not trained;
    the word head is training-only and not saved);
+   stages 0 and 1b draw clips of similar length together (length_batch): half the cost;
 2. audio stage (the "audio alignment", no safety data): transcription of spoken questions
    and synthetic sentences (harmful ones included: plain ASR, no response), spoken BENIGN
    questions -> the echo answer (audio-text and audio-only), spoken BENIGN questions + the
