@@ -477,13 +477,6 @@ def encoder_ctc(ctc_head, enc, lout, targets):
                       reduction="mean", zero_infinity=True)
 
 
-def hear_loss(model, batch, ctc_head):
-    """Stage 0: the encoder's CTC alone (no decoder)."""
-    _, enc, lout = encode_audio(model, batch["input_features"], batch["feature_attention_mask"],
-                                return_encoder=True)
-    return encoder_ctc(ctc_head, enc, lout, batch["ctc_targets"])
-
-
 def loss_fn(model, batch, audio_id: int, word_head=None):
     """Next-token cross-entropy on the response tokens; with `word_head` and an audio batch,
     also (second value) the word loss of stage "words" on its clips: an auxiliary loss
@@ -693,18 +686,18 @@ def train(cfg: BuildConfig, model, batcher: Batcher, sampler: Sampler, feats: Me
             for gi, g in enumerate(step_opt.param_groups):
                 scale = cfg.mixed_llm_lr_scale if (st_name == "mixed" and gi == 0) else 1.0
                 g["lr"] = scale * lr_at(cfg, s_lr, n_lr)
-            if st_name == "hear":
-                idx = length_batch(feats.lengths, cfg.hear_batch, cfg.length_chunk, cfg.seed, order.index(st_name), s)
-                batch = batcher.collate([(None, int(i), "audio-only", "") for i in idx], feats)
-                loss = hear_loss(model, batch, ctc_head)
-                parts = {"ctc": loss.item()}
-            elif st_name == "words":
-                idx = length_batch(feats.lengths, cfg.word_batch, cfg.length_chunk, cfg.seed, order.index(st_name), s)
+            if st_name in ("hear", "words"):  # the encoder alone, on length-sorted clips
+                size = cfg.hear_batch if st_name == "hear" else cfg.word_batch
+                idx = length_batch(feats.lengths, size, cfg.length_chunk, cfg.seed, order.index(st_name), s)
                 batch = batcher.collate([(None, int(i), "audio-only", "") for i in idx], feats)
                 _, enc, lout = encode_audio(model, batch["input_features"], batch["feature_attention_mask"],
                                             return_encoder=True)
-                loss = word_loss(model, word_head, enc, lout, batch["word_targets"])
-                parts = {"words": loss.item()}
+                if st_name == "hear":
+                    loss = encoder_ctc(ctc_head, enc, lout, batch["ctc_targets"])
+                    parts = {"ctc": loss.item()}
+                else:
+                    loss = word_loss(model, word_head, enc, lout, batch["word_targets"])
+                    parts = {"words": loss.item()}
             elif st_name == "text":
                 batch = batcher.collate(sampler.text_examples(rng, cfg.text_batch))
                 loss = loss_fn(model, batch, batcher.audio_id)
