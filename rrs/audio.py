@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import threading
 import warnings
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import soundfile as sf
+import torch
 from tqdm.auto import tqdm
 
 from . import io as rio
@@ -151,13 +154,40 @@ def _engine() -> _ESpeak:
     return _ENGINE
 
 
-def resample(wav: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> np.ndarray:
-    if orig_sr == target_sr:
-        return wav.astype(np.float32)
-    import torch
-    import torchaudio.functional as AF
+@lru_cache(maxsize=8)
+def _sinc_kernel(orig_sr: int, target_sr: int, zeros: int = 6, rolloff: float = 0.99):
+    """Band-limited (windowed-sinc) interpolation kernel, Hann window: the default kernel
+    of torchaudio's `Resample`, computed in float64 and cast as it does, so clips keep
+    the samples they had when torchaudio did this (it was dropped: its wheels pin a torch
+    whose PyPI build is CUDA-only, 5 GB, and that filled a CI machine's disk).
+    Returns (kernel [target, 1, taps] for a strided conv1d over the input, half-width)."""
+    g = math.gcd(orig_sr, target_sr)
+    orig, new = orig_sr // g, target_sr // g
+    cutoff = min(orig, new) * rolloff  # low-pass below the lower Nyquist frequency
+    width = math.ceil(zeros * orig / cutoff)  # taps each side: `zeros` sinc zero-crossings
+    idx = torch.arange(-width, width + orig, dtype=torch.float64)[None, None] / orig
+    # j / new in float32, as torchaudio has it (float64 here changes samples by ~1e-5)
+    t = (torch.arange(0, -new, -1)[:, None, None] / new + idx) * cutoff
+    t = t.clamp(-zeros, zeros)
+    window = torch.cos(t * math.pi / zeros / 2) ** 2
+    t = t * math.pi
+    kernel = torch.where(t == 0, torch.ones_like(t), t.sin() / t) * window * (cutoff / orig)
+    return kernel.to(torch.float32), width
 
-    return AF.resample(torch.from_numpy(wav.astype(np.float32)), orig_sr, target_sr).numpy()
+
+def resample(wav: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> np.ndarray:
+    """`wav` (1-D) from `orig_sr` to `target_sr` Hz, float32, by band-limited interpolation."""
+    wav = np.asarray(wav, dtype=np.float32)
+    if orig_sr == target_sr:
+        return wav
+    kernel, width = _sinc_kernel(int(orig_sr), int(target_sr))
+    g = math.gcd(int(orig_sr), int(target_sr))
+    orig, new = orig_sr // g, target_sr // g
+    x = torch.nn.functional.pad(torch.from_numpy(wav)[None], (width, width + orig))
+    with torch.no_grad():
+        y = torch.nn.functional.conv1d(x[:, None], kernel, stride=orig)  # [1, new, frames]
+    y = y.transpose(1, 2).reshape(-1)[: math.ceil(new * len(wav) / orig)]
+    return y.numpy()
 
 
 def speak(text: str, voice: str = "en-us", rate: int = 170) -> np.ndarray:

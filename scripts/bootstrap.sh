@@ -11,18 +11,10 @@ fi
 stamp=.venv/.rrs-installed
 want=$(cat pyproject.toml requirements.lock | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "[bootstrap] installing rrs and its dependencies into .venv (about a minute the first time)"
-  # uv installs the same pinned wheels as pip, in parallel: 36 s instead of 3.4 min on a
-  # 2-core machine (torch's CUDA wheels are most of the 5 GB). pip is the fallback.
-  if .venv/bin/python -m pip install -q "uv>=0.9,<1" &&
-     UV_LINK_MODE=copy .venv/bin/uv pip install --quiet --python .venv/bin/python \
-       -c requirements.lock -e ".[dev]"; then
-    :
-  else
-    echo "[bootstrap] uv did not work here; installing with pip instead"
-    .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -c requirements.lock -e ".[dev]"
-  fi
+  echo "[bootstrap] installing rrs and its dependencies into .venv (a few minutes the first time)"
+  # pip, not uv: where a CPU build of torch lies on the machine's disk (pip's find-links),
+  # pip takes it; uv would download the 3 GB CUDA build from PyPI instead.
+  .venv/bin/python -m pip install -q -c requirements.lock -e ".[dev]"
   .venv/bin/python -m ipykernel install --prefix .venv --name python3 >/dev/null
   echo "$want" > "$stamp"
 fi

@@ -68,6 +68,33 @@ def test_load_audio_resamples_and_downmixes(tmp_path):
     assert wav.ndim == 1 and abs(wav.size - 16000) <= 2
 
 
+def test_resample_gives_torchaudio_2_11_samples():
+    # rrs.audio.resample replaced torchaudio's Resample (default kernel); the fixture holds
+    # what torchaudio 2.11.0 gave for noise at three rates, so the mini model's training
+    # clips keep their samples (measured bit-identical under torch 2.11)
+    from pathlib import Path
+
+    ref = np.load(Path(__file__).parent / "fixtures" / "resample_torchaudio_2_11_0.npz")
+    for sr in (8000, 22050, 44100):
+        ours = audio.resample(ref[f"x_{sr}"], sr)
+        assert ours.dtype == np.float32 and ours.shape == ref[f"y_{sr}"].shape
+        np.testing.assert_allclose(ours, ref[f"y_{sr}"], rtol=0, atol=1e-6)
+
+
+def test_resample_keeps_a_tone_and_removes_what_16k_cannot_hold():
+    sr = 22050
+    t = np.arange(sr) / sr
+    tone = audio.resample(np.sin(2 * np.pi * 440 * t), sr)
+    want = np.sin(2 * np.pi * 440 * np.arange(16000) / 16000)
+    assert tone.shape == (16000,)
+    # away from the edges (zero-padded) the 440 Hz tone is the same tone at 16 kHz
+    assert np.abs(tone[500:-500] - want[500:-500]).max() < 1e-2
+    # 10 kHz is above the 8 kHz Nyquist frequency of 16 kHz: filtered out, not aliased
+    high = audio.resample(np.sin(2 * np.pi * 10_000 * t), sr)
+    assert np.abs(high[500:-500]).max() < 1e-2
+    assert np.array_equal(audio.resample(want, 16000), want.astype(np.float32))
+
+
 def test_load_audio_errors_name_the_file(tmp_path):
     with pytest.raises(audio.AudioError, match="no such audio file"):
         audio.load_audio(tmp_path / "missing.wav")

@@ -1,8 +1,7 @@
 """Fast speech and features for the mini-LALM build (identical to the evaluation path).
 
-- `synthesize`: eSpeak NG through rrs.audio's engine, resampled to 16 kHz with one cached
-  torchaudio kernel; the same samples as rrs.audio.speak (which builds the kernel anew on
-  every call, ~10x slower). Tested equal in tests/test_mini.py.
+- `synthesize`: eSpeak NG through rrs.audio's engine and resampler: the speech of
+  rrs.audio.speak, plus eSpeak NG's own word timings (`synthesize_words`).
 - `MelFeatures`: Whisper log-mel features exactly as the processor's WhisperFeatureExtractor
   computes them for a clip padded to the model's window, but batched in torch and kept
   *cropped* (valid frames + a margin) with the per-clip padding value, so a training
@@ -23,24 +22,6 @@ N_FFT = 400
 MARGIN = 8  # frames kept beyond the valid ones (the convolutions look 1-3 frames ahead)
 
 
-class _Resampler:
-    def __init__(self):
-        self._cache = {}
-
-    def __call__(self, wav: np.ndarray, sr: int) -> np.ndarray:
-        if sr == raudio.SAMPLE_RATE:
-            return wav.astype(np.float32)
-        if sr not in self._cache:
-            import torchaudio
-
-            self._cache[sr] = torchaudio.transforms.Resample(sr, raudio.SAMPLE_RATE)
-        with torch.no_grad():
-            return self._cache[sr](torch.from_numpy(wav.astype(np.float32))).numpy()
-
-
-_RESAMPLE = _Resampler()
-
-
 def synthesize(text: str, voice: str, rate: int) -> np.ndarray:
     """eSpeak NG speech of `text` at 16 kHz mono float32 (same samples as rrs.audio.speak)."""
     return synthesize_words(text, voice, rate)[0]
@@ -53,7 +34,7 @@ def synthesize_words(text: str, voice: str, rate: int) -> tuple[np.ndarray, list
         raise ValueError("cannot speak an empty text")
     engine = raudio._engine()
     wav, words = engine.synth_words(text.strip(), voice, rate)
-    return _RESAMPLE(wav, engine.sample_rate), words
+    return raudio.resample(wav, engine.sample_rate), words
 
 
 FRAME_MS = 40  # one audio token of Qwen2-Audio: 10 ms mel hop x conv stride 2 x pooling 2
