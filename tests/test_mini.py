@@ -381,3 +381,36 @@ def test_length_batches_cover_every_clip_once_per_epoch_and_pad_little():
     # the next epoch is a new permutation; chunk 0 keeps the old uniform draws
     assert not np.array_equal(B.length_batch(lengths, 20, 8, 0, 2, per_epoch), epoch[0])
     assert np.array_equal(uniform[5], np.random.default_rng([0, 2, 5]).integers(1000, size=20))
+
+
+def test_audio_stage_draws_each_batch_from_one_length_quantile_and_every_clip_alike():
+    from types import SimpleNamespace
+
+    from rrs.mini import build as B
+
+    rng = np.random.default_rng(4)
+    n = 800
+    clips = [SimpleNamespace(text=f"q{i}", label="benign" if i % 3 else "harmful") for i in range(n)]
+    corpus = SimpleNamespace(questions={}, clips=clips)
+    lengths = rng.integers(100, 600, size=n)
+    cfg = B.BuildConfig(audio_mix=(("asr", 1.0),))
+    bucketed = B.Sampler(cfg, corpus, lengths)
+    steps = [bucketed.audio_examples(np.random.default_rng([0, 3, s]), 24) for s in range(3000)]
+    idx = [np.array([e[1] for e in ex]) for ex in steps]
+    # one quantile per batch, so a batch pads little...
+    assert all(len(set(bucketed.bucket[b].tolist())) == 1 for b in idx)
+    padded = np.mean([lengths[b].max() / lengths[b].mean() for b in idx])
+    uniform = B.Sampler(B.replace(cfg, mixed_length_buckets=0), corpus, lengths)
+    idx0 = [np.array([e[1] for e in uniform.audio_examples(np.random.default_rng([0, 3, s]), 24)])
+            for s in range(300)]
+    padded0 = np.mean([lengths[b].max() / lengths[b].mean() for b in idx0])
+    assert padded < 1.2 < 1.5 < padded0
+    # ...while every clip stays equally likely (72,000 draws, 90 per clip on average)
+    counts = np.bincount(np.concatenate(idx), minlength=n)
+    assert counts.min() > 45 and counts.max() < 150
+    by_quantile = [counts[bucketed.bucket == k].mean() for k in range(cfg.mixed_length_buckets)]
+    assert max(by_quantile) / min(by_quantile) < 1.15
+    # answers and instructions draw benign clips only, from the same quantile
+    answers = B.Sampler(B.replace(cfg, audio_mix=(("audio_only_answer", 1.0),)), corpus, lengths)
+    b = np.array([e[1] for e in answers.audio_examples(np.random.default_rng(1), 24)])
+    assert all(clips[i].label == "benign" for i in b) and len(set(answers.bucket[b].tolist())) == 1

@@ -126,6 +126,10 @@ class BuildConfig:
     # encoder-only stages draw clips of similar length together (length_batch): a random batch
     # of 48 pads to about twice its mean clip length, and the encoder's cost grows with it
     length_chunk: int = 16             # batches per sorted chunk; 0: uniform random batches
+    # the audio stage draws each step's clips from one of this many length quantiles (the
+    # quantile of a uniformly drawn clip), so every clip stays equally likely while a batch
+    # of 24 pads to 1.11 times its mean length instead of 1.80; 0: uniform draws
+    mixed_length_buckets: int = 8
     paper_share: float = 0.4           # share of text questions drawn from the paper's train rows
     paper_surface_noise: bool = True   # lower-case / drop the final "?" of some paper questions
     prefix_tokens: int = 2             # a "prefix" example trains only this many response tokens
@@ -507,11 +511,21 @@ class Sampler:
     """Stateless example sampler: the examples of step s depend only on (seed, stage, s),
     so a resumed build draws exactly what an uninterrupted one would."""
 
-    def __init__(self, cfg: BuildConfig, corpus: Corpus):
+    def __init__(self, cfg: BuildConfig, corpus: Corpus, lengths: np.ndarray | None = None):
         self.cfg = cfg
         self.q = corpus.questions
         self.clips = corpus.clips
-        self.benign_clips = [i for i, c in enumerate(corpus.clips) if c.label == "benign"]
+        benign = np.array([c.label == "benign" for c in corpus.clips])
+        self.benign_clips = np.flatnonzero(benign)
+        # clip pools per length quantile (one pool of everything without lengths)
+        bucket = np.zeros(len(corpus.clips), dtype=int)
+        n_buckets = cfg.mixed_length_buckets if lengths is not None else 0
+        if n_buckets > 0:
+            edges = np.quantile(lengths, np.linspace(0, 1, n_buckets + 1))[1:-1]
+            bucket = np.searchsorted(edges, lengths, side="right")
+        self.bucket = bucket
+        self.pools = {k: (np.flatnonzero(bucket == k), np.flatnonzero((bucket == k) & benign))
+                      for k in np.unique(bucket)}
 
     def _question(self, rng, label):
         src = "paper" if rng.random() < self.cfg.paper_share and self.q[label]["paper"] else "synthetic"
@@ -550,14 +564,18 @@ class Sampler:
 
     def audio_examples(self, rng, n):
         kinds, p = zip(*self.cfg.audio_mix)
+        if len(self.pools) > 1:  # this step's length quantile: that of a uniformly drawn clip
+            everything, benign = self.pools[self.bucket[rng.integers(len(self.clips))]]
+        else:
+            everything, benign = np.arange(len(self.clips)), self.benign_clips
         out = []
         for kind in rng.choice(kinds, size=n, p=np.array(p) / sum(p)):
             if kind == "asr":
-                i = int(rng.integers(len(self.clips)))
+                i = int(everything[rng.integers(len(everything))])
                 prompt = C.ASR_PROMPTS[rng.integers(len(C.ASR_PROMPTS))]
                 out.append((prompt, i, "audio-text", C.transcript_for(self.clips[i].text)))
                 continue
-            i = self.benign_clips[rng.integers(len(self.benign_clips))]
+            i = int(benign[rng.integers(len(benign))])
             text = self.clips[i].text
             prompt = C.ANSWER_PROMPTS[rng.integers(len(C.ANSWER_PROMPTS))]
             if kind == "audio_text_answer":
@@ -787,7 +805,7 @@ def build(out: Path = DEFAULT_OUT, cfg: BuildConfig = BuildConfig(), *, minutes:
     batcher = Batcher(processor, model)
     batcher.clip_units, batcher.n_units = ctc_targets(batcher, corpus, cfg.ctc_units)
     batcher.clip_words = word_targets(processor.tokenizer, corpus, feats)
-    result = train(cfg, model, batcher, Sampler(cfg, corpus), feats, state_dir=state_dir,
+    result = train(cfg, model, batcher, Sampler(cfg, corpus, feats.lengths), feats, state_dir=state_dir,
                    deadline=deadline, progress=progress, val=corpus.val)
 
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
