@@ -20,7 +20,8 @@ on the training corpus. Stages, as real LALMs are made (OURS):
    and synthetic sentences (harmful ones included: plain ASR, no response), spoken BENIGN
    questions -> the echo answer (audio-text and audio-only), spoken BENIGN questions + the
    refusal instruction -> a refusal; text data of stage 1 stays mixed in so the text path
-   keeps its alignment. No spoken harmful question ever gets a refusal or an answer target:
+   keeps its alignment. Each step's clips come from one length quantile (Sampler): the stage
+   costs a fifth less. No spoken harmful question ever gets a refusal or an answer target:
    the audio gap of the paper comes from this, not from a rule.
 
 Corpus: only split == 'train' rows of the paper pairs plus text generated from word lists
