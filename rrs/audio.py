@@ -155,14 +155,13 @@ def _engine() -> _ESpeak:
 
 
 @lru_cache(maxsize=8)
-def _sinc_kernel(orig_sr: int, target_sr: int, zeros: int = 6, rolloff: float = 0.99):
+def _sinc_kernel(orig: int, new: int, zeros: int = 6, rolloff: float = 0.99):
     """Band-limited (windowed-sinc) interpolation kernel, Hann window: the default kernel
     of torchaudio's `Resample`, computed in float64 and cast as it does, so clips keep
     the samples they had when torchaudio did this (it was dropped: its wheels pin a torch
     whose PyPI build is CUDA-only, 5 GB, and that filled a CI machine's disk).
-    Returns (kernel [target, 1, taps] for a strided conv1d over the input, half-width)."""
-    g = math.gcd(orig_sr, target_sr)
-    orig, new = orig_sr // g, target_sr // g
+    `orig` and `new` are the two rates divided by their gcd. Returns (kernel [new, 1, taps]
+    for a conv1d with stride `orig` over the input, half-width)."""
     cutoff = min(orig, new) * rolloff  # low-pass below the lower Nyquist frequency
     width = math.ceil(zeros * orig / cutoff)  # taps each side: `zeros` sinc zero-crossings
     idx = torch.arange(-width, width + orig, dtype=torch.float64)[None, None] / orig
@@ -180,9 +179,9 @@ def resample(wav: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> np.
     wav = np.asarray(wav, dtype=np.float32)
     if orig_sr == target_sr:
         return wav
-    kernel, width = _sinc_kernel(int(orig_sr), int(target_sr))
     g = math.gcd(int(orig_sr), int(target_sr))
-    orig, new = orig_sr // g, target_sr // g
+    orig, new = int(orig_sr) // g, int(target_sr) // g
+    kernel, width = _sinc_kernel(orig, new)
     x = torch.nn.functional.pad(torch.from_numpy(wav)[None], (width, width + orig))
     with torch.no_grad():
         y = torch.nn.functional.conv1d(x[:, None], kernel, stride=orig)  # [1, new, frames]

@@ -517,8 +517,7 @@ class Sampler:
         self.q = corpus.questions
         self.clips = corpus.clips
         benign = np.array([c.label == "benign" for c in corpus.clips])
-        self.benign_clips = np.flatnonzero(benign)
-        # clip pools per length quantile (one pool of everything without lengths)
+        # (all clips, benign clips) per length quantile; one pool of everything without lengths
         bucket = np.zeros(len(corpus.clips), dtype=int)
         n_buckets = cfg.mixed_length_buckets if lengths is not None else 0
         if n_buckets > 0:
@@ -565,10 +564,9 @@ class Sampler:
 
     def audio_examples(self, rng, n):
         kinds, p = zip(*self.cfg.audio_mix)
-        if len(self.pools) > 1:  # this step's length quantile: that of a uniformly drawn clip
-            everything, benign = self.pools[self.bucket[rng.integers(len(self.clips))]]
-        else:
-            everything, benign = np.arange(len(self.clips)), self.benign_clips
+        # this step's length quantile: that of a uniformly drawn clip (no draw with one pool)
+        k = self.bucket[rng.integers(len(self.clips))] if len(self.pools) > 1 else 0
+        everything, benign = self.pools[k]
         out = []
         for kind in rng.choice(kinds, size=n, p=np.array(p) / sum(p)):
             if kind == "asr":
