@@ -157,6 +157,40 @@ def plot_rates(long_df: pd.DataFrame, *, metrics: Sequence[str] = ("asr", "over_
     return fig
 
 
+def plot_rates_by_epoch(long_df: pd.DataFrame, method_by_epoch: dict[int, str], *,
+                        metrics: Sequence[str] = ("asr", "over_rejection"), test_set: str | None = None,
+                        model: str | None = None, modes: Sequence[str] = MODES, mark_epoch: int | None = None):
+    """One panel per metric: the rate after each training epoch (0 = vanilla), a line per
+    mode with its Wilson 95% band; `mark_epoch` draws a dotted line (e.g. the profile's run)."""
+    df = long_df[long_df["metric"].isin(metrics) & long_df["method"].isin(method_by_epoch.values())]
+    if test_set is not None:
+        df = df[df["test_set"] == test_set]
+    if model is not None:
+        df = df[df["model"] == model]
+    missing = sorted(set(method_by_epoch.values()) - set(df["method"]))
+    if missing:
+        raise ValueError(f"no results to plot for methods {missing} (test_set={test_set}, model={model})")
+    if df.duplicated(["method", "mode", "metric"]).any():
+        raise ValueError("several results per (method, mode, metric): pick test_set= and model=")
+    df = df.assign(epoch=df["method"].map({m: e for e, m in method_by_epoch.items()}))
+    modes = [m for m in modes if m in set(df["mode"])]
+    colors = dict(zip(modes, sns.color_palette("colorblind", len(modes))))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for mode in modes:
+            sub = df[(df["metric"] == metric) & (df["mode"] == mode)].sort_values("epoch")
+            ax.plot(sub["epoch"], sub["value"], marker="o", ms=3, color=colors[mode], label=mode)
+            ax.fill_between(sub["epoch"], sub["ci_low"], sub["ci_high"], color=colors[mode], alpha=0.15, lw=0)
+        if mark_epoch is not None:
+            ax.axvline(mark_epoch, color="grey", ls=":", lw=1)
+        ax.set(ylim=(0, 100), xlabel="RRS epoch (0 = vanilla)", ylabel="%",
+               title={"asr": "ASR", "over_rejection": "over-rejection"}.get(metric, metric))
+        ax.set_xticks(sorted(method_by_epoch))
+    axes[0][-1].legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
 def plot_dataset_structures(structures: dict, *, n_pairs: int = 4):
     """Figure 3 schematic: one panel per structure {name: items}, items from
     rrs.data.dataset_structure (columns label, pair_id, modality, and group).

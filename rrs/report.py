@@ -19,12 +19,14 @@ TABLES = [
     ("table5_data_statistics", "Table 5 · Data statistics", "01_dataset_construction"),
     ("mini_lalm_behaviour", "The vanilla mini model's refusal rates (%)", "00_mini_lalm"),
     ("rrs_representation_shift", "Representation shift after RRS", "04_rrs_training"),
+    ("rrs_training_length", "RRS by training length (epochs)", "06_ablations"),
 ]
 FIGURES = [
     ("figure1_representations", "Figure 1 · Vanilla representations per mode", "02_representation_probing"),
     ("figure_main_results", "ASR and over-rejection per mode and method (paper_test)", "05_main_results"),
     ("figure2_rrs_epochs", "Figure 2 · Representations across RRS epochs", "04_rrs_training"),
     ("figure3_dataset_structures", "Figure 3 · Dataset structures", "01_dataset_construction"),
+    ("figure_rrs_training_length", "ASR and over-rejection by RRS epoch (paper_test)", "06_ablations"),
 ]
 
 

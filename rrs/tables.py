@@ -219,6 +219,11 @@ def pivot_structure_table(long_df: pd.DataFrame, method_by_structure: dict[str, 
     return _relabelled(long_df, method_by_structure, "structure", **kw)
 
 
+def pivot_epoch_table(long_df: pd.DataFrame, method_by_epoch: dict[str, str], **kw) -> pd.DataFrame:
+    """RRS by training length: rows = epoch x mode, e.g. {"0 (vanilla)": "vanilla", "1": "rrs_epoch1", ...}."""
+    return _relabelled(long_df, method_by_epoch, "epoch", **kw)
+
+
 def over_rejection_increase(long_df: pd.DataFrame, method: str, baseline: str = "vanilla", *,
                             test_set: str, model: str | None = None, modes: Sequence[str] = MODES) -> float:
     """Mean over `modes` of (method - baseline) over-rejection on `test_set`, in points.

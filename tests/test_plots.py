@@ -107,6 +107,26 @@ def test_plot_rates_bar_heights():
     plt.close(fig)
 
 
+def test_rates_by_epoch_draws_one_line_per_mode_in_epoch_order():
+    rows = []
+    for epoch, method in ((0, "vanilla"), (1, "rrs_epoch1"), (2, "rrs")):
+        for i, mode in enumerate(("audio-text", "text-only", "audio-only")):
+            for metric in ("asr", "over_rejection"):
+                v = 90.0 - 10 * epoch - i if metric == "asr" else 1.0 + epoch + i
+                rows.append(["m", method, mode, "t", metric, v, v - 1, v + 2, 10])
+    df = pd.DataFrame(rows[::-1], columns=LONG_COLUMNS)   # rows in no particular order
+    fig = plots.plot_rates_by_epoch(df, {0: "vanilla", 1: "rrs_epoch1", 2: "rrs"}, mark_epoch=2)
+    asr_ax, over_ax = fig.axes
+    lines = [ln for ln in asr_ax.lines if ln.get_label() in ("audio-text", "text-only", "audio-only")]
+    assert [ln.get_label() for ln in lines] == ["audio-text", "text-only", "audio-only"]
+    assert list(lines[0].get_xdata()) == [0, 1, 2] and list(lines[0].get_ydata()) == [90.0, 80.0, 70.0]
+    assert list(over_ax.lines[2].get_ydata()) == [3.0, 4.0, 5.0]
+    assert over_ax.get_title() == "over-rejection"
+    plt.close(fig)
+    with pytest.raises(ValueError, match="rrs_epoch3"):
+        plots.plot_rates_by_epoch(df, {0: "vanilla", 3: "rrs_epoch3"})
+
+
 def test_dataset_structures_schematic():
     def items(structure):
         h = pd.DataFrame({"label": "harmful", "pair_id": ["p0", "p1"], "group": [0, 1]})

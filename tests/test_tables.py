@@ -129,6 +129,16 @@ def test_capability_top_m_and_structure_tables():
         tables.pivot_structure_table(df, {"Parallel": "rrs-parallel"})
 
 
+def test_epoch_table_keeps_the_given_epoch_order():
+    df = pd.concat([long_df(methods=("rrs",)).assign(method=m) for m in ("vanilla", "rrs_epoch1", "rrs", "rrs_epoch10")])
+    t = tables.pivot_epoch_table(df, {"0 (vanilla)": "vanilla", "1": "rrs_epoch1", "2 (run)": "rrs",
+                                      "10": "rrs_epoch10"}, ci=None)
+    assert list(t.columns[:2]) == ["epoch", "mode"]
+    assert list(t.epoch.unique()) == ["0 (vanilla)", "1", "2 (run)", "10"]   # not sorted as text
+    with pytest.raises(ValueError, match="rrs_epoch3"):
+        tables.pivot_epoch_table(df, {"3": "rrs_epoch3"})
+
+
 def test_over_rejection_increase_is_mean_of_mode_differences():
     df = long_df()
     # (2-1 + 2.5-2 + 4.14-3) / 3 = 0.88
