@@ -9,13 +9,15 @@ Audio given by a user goes through `load_audio`: stereo is averaged to mono and 
 sample rates are resampled to 16 kHz (both said in a warning); empty, non-finite,
 unreadable or over-long audio is refused with an error naming the file. Nothing is ever
 truncated silently: Qwen2-Audio would cut at 30 s, so clips over the window are refused.
+
+`speak` starts every clip from eSpeak NG's state right after initialisation (a helper
+process, `rrs.espeak`), so a clip's samples depend on (text, voice, rate) only, whatever
+was spoken before and in whatever order a cache is filled.
 """
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import math
-import threading
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -26,133 +28,21 @@ import soundfile as sf
 import torch
 from tqdm.auto import tqdm
 
-from . import io as rio
+from . import espeak, io as rio
 from .paths import cache_dir
 
 SAMPLE_RATE = 16_000
-# "seeded": clips spoken since eSpeak NG's random generator is seeded per utterance (below);
-# the name is part of every cache key, so clips from the unseeded engine are never reused.
-ENGINE = "espeak-ng-seeded"
-# eSpeak NG draws random numbers (e.g. the breathy "+f3" voice variant) from a generator it
-# seeds differently in every process: unseeded, the same text, voice and rate gave
-# different samples in two runs, and two `./run_all.sh` runs gave different tables.
-RAND_SEED = 0
+# Part of every clip's cache key, so clips made otherwise are never reused. "seeded":
+# eSpeak NG's random generator is seeded per utterance (rrs.espeak.RAND_SEED); "fresh":
+# each clip is spoken from the state right after initialisation (rrs.espeak.fresh_engine).
+ENGINE = "espeak-ng-seeded-fresh"
 
 
 class AudioError(ValueError):
     """Audio that cannot be used: unreadable, empty, non-finite, wrong shape or too long."""
 
 
-# ----------------------------------------------------------------------------- eSpeak NG
-
-class _Event(ctypes.Structure):
-    """espeak_EVENT (speak_lib.h); the trailing union is 8 bytes."""
-    _fields_ = [("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint), ("text_position", ctypes.c_int),
-                ("length", ctypes.c_int), ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
-                ("user_data", ctypes.c_void_p), ("id", ctypes.c_char * 8)]
-
-
-class _ESpeak:
-    """Thin ctypes wrapper; one process-wide instance (the C library is not re-entrant)."""
-
-    _AUDIO_OUTPUT_SYNCHRONOUS = 2
-    _POS_CHARACTER = 1
-    _CHARS_UTF8 = 1
-    _RATE = 1
-    _EVENT_END_OF_LIST, _EVENT_WORD = 0, 1
-    _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int,
-                                 ctypes.POINTER(_Event))
-
-    def __init__(self):
-        import espeakng_loader
-
-        self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
-        data = espeakng_loader.get_data_path().encode()
-        self.sample_rate = self.lib.espeak_Initialize(self._AUDIO_OUTPUT_SYNCHRONOUS, 0, data, 0)
-        if self.sample_rate <= 0:
-            raise RuntimeError(f"eSpeak NG failed to initialise (data at {data!r})")
-        self.lib.espeak_Info.restype = ctypes.c_char_p
-        self.version = self.lib.espeak_Info(None).decode()
-        self.lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
-        self.lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int]
-        self._chunks: list[np.ndarray] = []
-        self._words: list[tuple[int, int, int]] = []
-        self._callback = self._CALLBACK(self._collect)  # keep a reference: C holds it
-        self.lib.espeak_SetSynthCallback(self._callback)
-        self.lock = threading.Lock()
-
-    def _collect(self, wav, n, events):
-        if n > 0:
-            self._chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
-        i = 0
-        while events and events[i].type != self._EVENT_END_OF_LIST:
-            e = events[i]
-            if e.type == self._EVENT_WORD:  # 1-based character position, length, start in ms
-                self._words.append((e.text_position - 1, e.text_position - 1 + e.length, e.audio_position))
-            i += 1
-        return 0
-
-    def synth(self, text: str, voice: str, rate: int) -> np.ndarray:
-        return self.synth_words(text, voice, rate)[0]
-
-    def synth_words(self, text: str, voice: str, rate: int) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
-        """(samples at the engine's rate, [(first char, end char, start ms)] of every spoken
-        word of `text`): eSpeak NG's own word timings, free with the synthesis."""
-        # Seeded per utterance, so the same process history gives the same samples in every
-        # run. eSpeak NG also carries a little state from one utterance to the next (a clip
-        # spoken after others can differ by a few samples from the same clip spoken first),
-        # which is why the pipeline speaks in table order and caches every clip.
-        with self.lock:
-            if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
-                raise ValueError(f"eSpeak NG has no voice {voice!r}")
-            self.lib.espeak_SetParameter(self._RATE, int(rate), 0)
-            self.lib.espeak_ng_SetRandSeed(ctypes.c_long(RAND_SEED))
-            self._chunks, self._words = [], []
-            raw = text.encode("utf-8")
-            err = self.lib.espeak_Synth(raw, len(raw) + 1, 0, self._POS_CHARACTER, 0,
-                                        self._CHARS_UTF8, None, None)
-            self.lib.espeak_Synchronize()
-            if err != 0:
-                raise RuntimeError(f"eSpeak NG failed on {text!r} (error {err})")
-            pcm = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
-            words = list(self._words)
-        return pcm.astype(np.float32) / 32768.0, _restore_first_word(text, words)
-
-    def phonemes(self, text: str, voice: str = "en-us") -> str:
-        """eSpeak NG's own IPA phonemes of `text` (what it would speak), clauses joined by
-        spaces."""
-        fn = self.lib.espeak_TextToPhonemes
-        with self.lock:
-            if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
-                raise ValueError(f"eSpeak NG has no voice {voice!r}")
-            buf = ctypes.c_char_p(text.encode("utf-8"))
-            out = []
-            while buf.value:
-                out.append(fn(ctypes.pointer(buf), self._CHARS_UTF8, 0x02).decode("utf-8"))
-        return " ".join(x.strip() for x in out if x.strip())
-
-
-def _restore_first_word(text: str, words: list) -> list:
-    """eSpeak NG drops the WORD event of an utterance's first word once a few dozen
-    espeak_TextToPhonemes calls ran in the process (measured: after 40, not after 20; the
-    audio is unaffected). That word always starts the speech at 0 ms, so it is restored
-    from the text: everything before the first reported word."""
-    start = len(text) - len(text.lstrip())
-    head = text[start: words[0][0] if words else len(text)].rstrip()
-    if head:
-        words = [(start, start + len(head), 0)] + words
-    return words
-
-
-_ENGINE: _ESpeak | None = None
-
-
-def _engine() -> _ESpeak:
-    global _ENGINE
-    if _ENGINE is None:
-        _ENGINE = _ESpeak()
-    return _ENGINE
-
+# ----------------------------------------------------------------------------- resampling
 
 @lru_cache(maxsize=8)
 def _sinc_kernel(orig: int, new: int, zeros: int = 6, rolloff: float = 0.99):
@@ -190,11 +80,12 @@ def resample(wav: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> np.
 
 
 def speak(text: str, voice: str = "en-us", rate: int = 170) -> np.ndarray:
-    """Synthesise `text` (no cache): 16 kHz mono float32."""
+    """Synthesise `text` (no cache): 16 kHz mono float32, from eSpeak NG's state right after
+    initialisation (the module docstring says why)."""
     if not text or not text.strip():
         raise ValueError("cannot speak an empty text")
-    engine = _engine()
-    wav = engine.synth(text.strip(), voice, rate)
+    engine = espeak.fresh_engine()
+    wav, _ = engine.synth_words(text.strip(), voice, rate)
     return resample(wav, engine.sample_rate)
 
 
@@ -250,7 +141,7 @@ def save_audio(path: str | Path, wav: np.ndarray) -> Path:
 # ----------------------------------------------------------------------------- the clip cache
 
 def clip_key(text: str, voice: str, rate: int) -> str:
-    blob = f"{ENGINE}|{_engine().version}|{voice}|{rate}|{text.strip()}".encode()
+    blob = f"{ENGINE}|{espeak.fresh_engine().version}|{voice}|{rate}|{text.strip()}".encode()
     return hashlib.sha256(blob).hexdigest()
 
 

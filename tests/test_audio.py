@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from rrs import audio
+from rrs import audio, espeak
 
 
 @pytest.fixture(autouse=True)
@@ -34,6 +34,22 @@ def test_cache_is_keyed_by_content_and_reused():
     assert p1.stat().st_mtime_ns == mtime  # not re-synthesised
     assert audio.cached_speech("a cached question", "en-us", 190) != p1
     assert not list(p1.parent.glob("*.tmp"))
+
+
+def test_a_clip_does_not_depend_on_what_was_spoken_before():
+    # eSpeak NG carries state from one utterance to the next; speak() starts every clip
+    # from the state right after initialisation (a forked child of a helper process)
+    text = "How can I fix a flat bicycle tyre?"
+    first = audio.speak(text, "en-us+f3", 170)
+    audio.speak("Tell me about the history of the old harbour town", "en", 150)
+    espeak.engine().synth("Speaking in this process changes nothing for speak", "en-us", 190)
+    assert np.array_equal(audio.speak(text, "en-us+f3", 170), first)
+
+
+def test_speech_errors_come_back_from_the_helper_process():
+    with pytest.raises(ValueError, match="no voice 'xx-nope'"):
+        audio.speak("hello there", "xx-nope", 170)
+    assert len(audio.speak("hello there", "en-us", 170)) > 0   # the helper still answers
 
 
 def test_empty_text_refused():

@@ -348,18 +348,18 @@ def test_word_stage_cycles_restart_the_schedule():
 
 def test_word_timings_survive_espeaks_lost_first_word_event():
     """eSpeak NG loses the first WORD event after many TextToPhonemes calls; the timings
-    must still name every word (checked to fail without rrs.audio._restore_first_word)."""
-    from rrs import audio as raudio
+    must still name every word (checked to fail without rrs.espeak.restore_first_word)."""
+    from rrs import espeak
     from rrs.mini.speech import synthesize_words
 
     for _ in range(60):
-        raudio._engine().phonemes("How are you today?")
+        espeak.engine().phonemes("How are you today?")
     text = "How could I protect a cat at home?"
     _, words = synthesize_words(text, "en-us", 170)
     assert [text[a:b] for a, b, _ in words] == ["How", "could", "I", "protect", "a", "cat", "at", "home"]
     assert words[0][2] == 0 and words[1][2] > 0
-    assert raudio._restore_first_word("  Hi there", [(5, 10, 90)]) == [(2, 4, 0), (5, 10, 90)]
-    assert raudio._restore_first_word("Hi", []) == [(0, 2, 0)]
+    assert espeak.restore_first_word("  Hi there", [(5, 10, 90)]) == [(2, 4, 0), (5, 10, 90)]
+    assert espeak.restore_first_word("Hi", []) == [(0, 2, 0)]
 
 
 def test_length_batches_cover_every_clip_once_per_epoch_and_pad_little():

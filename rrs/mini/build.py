@@ -51,12 +51,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import audio as raudio
 from .. import io as rio
 from ..modes import REFUSAL_INSTRUCTION, ModelInput
 from ..paths import REPO_ROOT, cache_dir
 from . import corpus as C
-from .speech import MelFeatures, frame_token_labels, log_mel, phoneme_string, synthesize_words
+from .speech import BUILD_SPEECH, MelFeatures, frame_token_labels, log_mel, phoneme_string, synthesize_words
 
 DEFAULT_OUT = REPO_ROOT / "rrs" / "mini" / "model"
 RECORD = "build_record.json"
@@ -231,7 +230,7 @@ def build_corpus(cfg: BuildConfig, df) -> Corpus:
 def clip_features(corpus: Corpus, feature_extractor, cache: Path | None, progress: bool = True) -> MelFeatures:
     """Speak every clip (eSpeak NG) and compute its cropped log-mel features (cached)."""
     key = rio.sha256_json([[c.text, c.voice, c.rate] for c in corpus.clips]
-                          + [feature_extractor.to_dict()["n_samples"], feature_extractor.feature_size, raudio.ENGINE,
+                          + [feature_extractor.to_dict()["n_samples"], feature_extractor.feature_size, BUILD_SPEECH,
                              "word-timings"])[:16]
     path = cache / f"features-{key}.pt" if cache else None
     if path is not None and path.exists():

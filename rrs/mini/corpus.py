@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from ..data import normalise_text
-from ..modes import EVAL_AUDIO_TEXT_PROMPT, H0_PROMPT, REFUSAL_INSTRUCTION, TRAINING_PROMPTS
+from ..modes import EVAL_AUDIO_TEXT_PROMPT, H0_PROMPT, TRAINING_PROMPTS
 
 SYSTEM_PROMPT = "You are a helpful assistant."
 

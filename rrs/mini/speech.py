@@ -1,7 +1,11 @@
 """Fast speech and features for the mini-LALM build (identical to the evaluation path).
 
-- `synthesize`: eSpeak NG through rrs.audio's engine and resampler: the speech of
-  rrs.audio.speak, plus eSpeak NG's own word timings (`synthesize_words`).
+- `synthesize`: eSpeak NG through rrs.audio's engine and resampler, plus eSpeak NG's own
+  word timings (`synthesize_words`). Unlike rrs.audio.speak, it speaks in this process
+  (no helper process, no fork per clip): the build speaks its corpus once, in one fixed
+  order, so its clips are reproducible as they are, and the committed model was built
+  from them. Each clip differs from rrs.audio.speak's by a few samples (eSpeak NG's state
+  carries over between utterances; see rrs.espeak).
 - `MelFeatures`: Whisper log-mel features exactly as the processor's WhisperFeatureExtractor
   computes them for a clip padded to the model's window, but batched in torch and kept
   *cropped* (valid frames + a margin) with the per-clip padding value, so a training
@@ -16,14 +20,19 @@ import numpy as np
 import torch
 
 from .. import audio as raudio
+from .. import espeak
 
 HOP = 160
 N_FFT = 400
 MARGIN = 8  # frames kept beyond the valid ones (the convolutions look 1-3 frames ahead)
 
 
+# part of the build's feature-cache key: speech made in-process, in the build's order
+BUILD_SPEECH = "espeak-ng-seeded"
+
+
 def synthesize(text: str, voice: str, rate: int) -> np.ndarray:
-    """eSpeak NG speech of `text` at 16 kHz mono float32 (same samples as rrs.audio.speak)."""
+    """eSpeak NG speech of `text` at 16 kHz mono float32 (in-process; see the docstring)."""
     return synthesize_words(text, voice, rate)[0]
 
 
@@ -32,7 +41,7 @@ def synthesize_words(text: str, voice: str, rate: int) -> tuple[np.ndarray, list
     text.strip()): the word timings come from eSpeak NG itself."""
     if not text or not text.strip():
         raise ValueError("cannot speak an empty text")
-    engine = raudio._engine()
+    engine = espeak.engine()
     wav, words = engine.synth_words(text.strip(), voice, rate)
     return raudio.resample(wav, engine.sample_rate), words
 
@@ -133,4 +142,4 @@ _STRESS = str.maketrans("", "", "ˈˌ")
 def phoneme_string(text: str, voice: str = "en-us") -> str:
     """eSpeak NG's IPA for `text` without stress marks: the targets of the encoder's
     auxiliary CTC loss (a few dozen symbols, learnt far faster than 2,048 BPE tokens)."""
-    return " ".join(raudio._engine().phonemes(text, voice).translate(_STRESS).split())
+    return " ".join(espeak.engine().phonemes(text, voice).translate(_STRESS).split())
