@@ -30,6 +30,8 @@ import random
 import re
 import shutil
 import tempfile
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -145,13 +147,23 @@ def detach_lora(adapter) -> None:
         adapter.model.eval()
 
 
+@contextmanager
+def _peft_wrapping():
+    """peft reads transformers' deprecated `is_gradient_checkpointing` whenever it wraps a
+    model; the FutureWarning that triggers is about those two libraries, not this code."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def attach_lora(adapter, config, seed: int):
     """Wrap adapter.model with fresh LoRA layers (seeded init); returns the peft model."""
     from peft import get_peft_model
 
     detach_lora(adapter)
     torch.manual_seed(seed)
-    peft_model = get_peft_model(adapter.model, config)
+    with _peft_wrapping():
+        peft_model = get_peft_model(adapter.model, config)
     # evaluation.check_checkpoint compares this with the model id it is given
     peft_model.peft_config["default"].base_model_name_or_path = adapter.model_id
     adapter.peft_model = peft_model
@@ -545,7 +557,8 @@ def load_trained(adapter, checkpoint_dir, features: SafetyFeatures | None = None
     if features is not None:
         _check_meta(meta, {"top_m": features.top_m, "direction_hash": features.direction_hash}, checkpoint_dir,
                     keys=("top_m", "direction_hash"))
-    peft_model = PeftModel.from_pretrained(adapter.model, str(checkpoint_dir), is_trainable=False).eval()
+    with _peft_wrapping():
+        peft_model = PeftModel.from_pretrained(adapter.model, str(checkpoint_dir), is_trainable=False).eval()
     weights = hashlib.sha256((checkpoint_dir / "adapter_model.safetensors").read_bytes()).hexdigest()
     peft_model.rrs_fingerprint = f"{meta['kind']}-epoch{meta.get('epoch')}-{weights[:16]}"
     adapter.peft_model = peft_model
