@@ -107,7 +107,9 @@ def append_long(long_path: str | Path, df: pd.DataFrame) -> pd.DataFrame:
     long_path = Path(long_path)
     new = df[LONG_COLUMNS]
     if long_path.exists():
-        old = pd.read_csv(long_path, dtype={k: str for k in KEY})
+        # round_trip: pandas' default float parser can be off by one ulp, and every merge
+        # would then rewrite numbers that did not change
+        old = pd.read_csv(long_path, dtype={k: str for k in KEY}, float_precision="round_trip")
         _check_long(old)
         new = pd.concat([old[LONG_COLUMNS], new], ignore_index=True)
     new = new.astype({k: str for k in KEY})

@@ -96,6 +96,18 @@ def test_append_long_replaces_same_keys_and_sorts(tmp_path):
         tables.append_long(path, pd.DataFrame({"model": ["m"]}))
 
 
+def test_append_long_keeps_numbers_it_does_not_replace_to_the_last_digit(tmp_path):
+    # pandas' default float parser reads 44.233196687777834 as 44.23319668777784
+    path = tmp_path / "results_long.csv"
+    df = long_df(methods=("rrs",))
+    df["ci_low"] = 44.233196687777834
+    tables.append_long(path, df)
+    first = path.read_bytes()
+    tables.append_long(path, long_df(methods=("vanilla",)))
+    tables.append_long(path, long_df(methods=("vanilla",)))
+    assert b"44.233196687777834" in first and path.read_bytes().count(b"44.233196687777834") == len(df)
+
+
 def test_pivot_main_table_layout_and_cells():
     t = tables.pivot_main_table(long_df())
     assert list(t.columns) == ["method", "mode", "paper_test ASR", "paper_test Over-rej."]
