@@ -86,9 +86,8 @@ class ESpeak:
         """(samples at the engine's rate, [(first char, end char, start ms)] of every spoken
         word of `text`): eSpeak NG's own word timings, free with the synthesis."""
         # Seeded per utterance, so the same process history gives the same samples in every
-        # run. eSpeak NG also carries a little state from one utterance to the next (a clip
-        # spoken after others can differ by a few samples from the same clip spoken first),
-        # which is why the pipeline speaks in table order and caches every clip.
+        # run. The state eSpeak NG carries from one utterance to the next is another matter:
+        # see the module docstring (fresh_engine).
         with self.lock:
             if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
                 raise ValueError(f"eSpeak NG has no voice {voice!r}")
@@ -172,16 +171,23 @@ def _serve() -> None:
     while (request := _receive(requests)) is not None:
         pid = os.fork()
         if pid == 0:  # the child: one utterance, then exit without Python's clean-up
+            answered = False
             try:
-                _send(answers, ("ok", engine.synth_words(*request)))
-            except Exception as err:  # noqa: BLE001 - handed to the caller
                 try:
-                    _send(answers, ("error", err))
+                    answer = ("ok", engine.synth_words(*request))
+                except Exception as err:  # noqa: BLE001 - handed to the caller
+                    answer = ("error", err)
+                try:
+                    _send(answers, answer)
                 except Exception:  # noqa: BLE001 - an exception that does not pickle
-                    _send(answers, ("error", RuntimeError(repr(err))))
+                    _send(answers, ("error", RuntimeError(repr(answer[1]))))
+                answered = True
             finally:
-                os._exit(0)
-        os.waitpid(pid, 0)
+                os._exit(0 if answered else 1)
+        _, status = os.waitpid(pid, 0)
+        if status != 0:  # the child died before answering (e.g. a crash in the C library)
+            _send(answers, ("error", RuntimeError(f"eSpeak NG failed while speaking {request[0]!r} "
+                                                  f"(wait status {status})")))
 
 
 class FreshESpeech:

@@ -52,6 +52,31 @@ def test_speech_errors_come_back_from_the_helper_process():
     assert len(audio.speak("hello there", "en-us", 170)) > 0   # the helper still answers
 
 
+def test_a_crash_while_speaking_comes_back_as_an_error():
+    # a child that dies inside the C library must not leave the caller waiting forever
+    import os
+    import select
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    crash = "import os, rrs.espeak as e; e.ESpeak.synth_words = lambda *a: os.abort(); e._serve()"
+    proc = subprocess.Popen([sys.executable, "-c", crash], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": str(Path(espeak.__file__).resolve().parents[1])})
+    try:
+        assert espeak._receive(proc.stdout)[0] == "ready"
+        espeak._send(proc.stdin, ("hello there", "en-us", 170))
+        assert select.select([proc.stdout], [], [], 60)[0], "no answer after the child crashed"
+        status, err = espeak._receive(proc.stdout)
+        assert status == "error" and "'hello there'" in str(err)
+    finally:
+        proc.kill()
+        proc.wait(10)
+        proc.stdout.close()
+        proc.stdin.close()
+
+
 def test_empty_text_refused():
     with pytest.raises(ValueError, match="empty"):
         audio.speak("  ")

@@ -1,4 +1,4 @@
-"""Fast speech and features for the mini-LALM build (identical to the evaluation path).
+"""Fast speech and features for the mini-LALM build (the evaluation path's engine, resampler and features).
 
 - `synthesize`: eSpeak NG through rrs.audio's engine and resampler, plus eSpeak NG's own
   word timings (`synthesize_words`). Unlike rrs.audio.speak, it speaks in this process
