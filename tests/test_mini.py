@@ -414,3 +414,24 @@ def test_audio_stage_draws_each_batch_from_one_length_quantile_and_every_clip_al
     answers = B.Sampler(B.replace(cfg, audio_mix=(("audio_only_answer", 1.0),)), corpus, lengths)
     b = np.array([e[1] for e in answers.audio_examples(np.random.default_rng(1), 24)])
     assert all(clips[i].label == "benign" for i in b) and len(set(answers.bucket[b].tolist())) == 1
+
+
+def test_separation_table_scores_p_i_per_mode_without_the_instruction():
+    from rrs.mini.behaviour import separation_table
+
+    def rows(mode, instruction, harmful, benign):
+        return [{"mode": mode, "refusal_instruction": instruction, "label": lab, "p_I": p}
+                for lab, ps in (("harmful", harmful), ("benign", benign)) for p in ps]
+
+    df = pd.DataFrame(rows("text-only", False, [0.9, 0.8, 0.3], [0.1, 0.2, 0.85])
+                      + rows("text-only", True, [0.0, 0.0, 0.0], [1.0, 1.0, 1.0])  # ignored
+                      + rows("audio-only", False, [0.5, 0.6], [0.1, 0.2]))
+    t = separation_table(df).set_index("mode")
+    # 7 of the 9 harmful/benign pairs are ordered; at threshold 0.3 all harmful are refused
+    # and 2 of 3 benign answered, and no threshold does better at both at once
+    assert t.loc["text-only", "roc_auc"] == pytest.approx(7 / 9, abs=1e-4)
+    assert t.loc["text-only", "best_balanced"] == pytest.approx(66.7)
+    assert (t.loc["text-only", "n_harmful"], t.loc["text-only", "n_benign"]) == (3, 3)
+    assert t.loc["audio-only", "roc_auc"] == 1.0 and t.loc["audio-only", "best_balanced"] == 100.0
+    with pytest.raises(ValueError, match="audio-only"):
+        separation_table(pd.DataFrame(rows("audio-only", False, [0.5], [])))
