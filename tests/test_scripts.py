@@ -63,3 +63,21 @@ def test_vocabulary_need_prints_the_paper_split(capsys):
     rows = [line.split() for line in out.splitlines() if re.match(r"\s+\d+\s+0\.\d+\s+", line)]
     assert [int(r[0]) for r in rows] == [10, 40]
     assert all(0.0 <= float(x) <= 1.0 for r in rows for x in r[1:])
+
+
+def test_frequent_words_are_the_most_common_normalised_words():
+    hearing_check = _load("hearing_check")
+    texts = ["How do I bake bread?", "how do I help my cat", "Do I need a cat?"]
+    # do, i: 3; how, cat: 2 (ties broken alphabetically: cat before how)
+    assert hearing_check.frequent_words(texts, k=3) == {"do", "i", "cat"}
+
+
+def test_hearing_check_reports_both_splits(capsys):
+    _load("hearing_check").main(["--profile", "ci", "--n", "4"])
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if re.match(r"\s*(train|test) ", line)]
+    assert [r[0] for r in rows] == ["train", "test"]
+    for r in rows:
+        assert int(r[1]) == 4
+        assert 0 <= float(r[2]) and 0 <= float(r[3]) <= 100 and 0 <= float(r[5]) <= 100
+        assert int(r[4]) > 0 and int(r[6]) > 0
