@@ -435,32 +435,3 @@ def test_separation_table_scores_p_i_per_mode_without_the_instruction():
     assert t.loc["audio-only", "roc_auc"] == 1.0 and t.loc["audio-only", "best_balanced"] == 100.0
     with pytest.raises(ValueError, match="audio-only"):
         separation_table(pd.DataFrame(rows("audio-only", False, [0.5], [])))
-
-
-def test_word_class_weights_favour_rare_tokens_and_keep_the_loss_scale():
-    from rrs.mini.build import word_class_weights, word_loss
-
-    clip_words = [np.array([1, 1, 1, -100, 2]), np.array([1, 1, 1, 1, 1, 3, -100])]
-    assert word_class_weights(clip_words, 5, 0.0) is None
-    w = word_class_weights(clip_words, 5, 0.5)
-    counts = np.array([0, 8, 1, 1, 0])
-    assert w[0] == 0 and w[4] == 0                                  # tokens never spoken
-    assert w[2] == w[3] and w[2] / w[1] == pytest.approx(8 ** 0.5)  # 1 frame vs 8 frames
-    assert float((w.numpy() * counts).sum() / counts.sum()) == pytest.approx(1.0)
-
-    # with equal weights the weighted loss is the unweighted one
-    torch.manual_seed(0)
-
-    class Model(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = torch.nn.Module()
-            self.model.multi_modal_projector = torch.nn.Linear(4, 6)
-            self.model.embed_tokens = torch.nn.Embedding(5, 6)
-            self.model.get_input_embeddings = lambda: self.model.embed_tokens
-
-    model, head = Model(), torch.nn.Linear(4, 5)
-    enc, lout = torch.randn(2, 7, 4), torch.tensor([5, 7])
-    plain = word_loss(model, head, enc, lout, clip_words)
-    assert word_loss(model, head, enc, lout, clip_words, torch.ones(5)).item() == pytest.approx(plain.item(), rel=1e-6)
-    assert word_loss(model, head, enc, lout, clip_words, w).item() != pytest.approx(plain.item(), rel=1e-3)

@@ -123,11 +123,6 @@ class BuildConfig:
     word_positions: bool = True
     word_batch: int = 48
     word_weight: float = 1.0           # the word loss, kept as an auxiliary loss in the mixed stage
-    # weight each audio token of the word loss by (frames of its target token in the corpus)
-    # ** -word_rare_power, normalised to a mean of 1 over all frames (0: every frame alike).
-    # The few frequent words ("how", "i", "my") fill most frames, and the committed model
-    # hears them (85-89% of their audio tokens) but not the content words (23-27%)
-    word_rare_power: float = 0.0
     # encoder-only stages draw clips of similar length together (length_batch): a random batch
     # of 48 pads to about twice its mean clip length, and the encoder's cost grows with it
     length_chunk: int = 16             # batches per sorted chunk; 0: uniform random batches
@@ -336,7 +331,6 @@ class Batcher:
         self._resp_cache: dict = {}
         self.clip_units = None  # set by the build: clip index -> CTC target ids
         self.clip_words = None  # set by the build: clip index -> text token per audio token
-        self.word_weights = None  # set by the build: per text token, its frames' weight in the word loss
         self.n_units = model.config.text_config.vocab_size  # CTC classes (tokens), blank excluded
 
     def prompt_ids(self, text: str | None, audio: bool, mode: str) -> list[int]:
@@ -389,7 +383,6 @@ class Batcher:
                 out["ctc_targets"] = [self.clip_units[i] for i in clip_idx]
             if self.clip_words is not None:
                 out["word_targets"] = [self.clip_words[i] for i in clip_idx]
-                out["word_weights"] = self.word_weights
         return out
 
 
@@ -461,40 +454,22 @@ def length_batch(lengths: np.ndarray, batch: int, chunk: int, seed: int, stage: 
     return batches[rng.permutation(len(batches))[k]]
 
 
-def word_class_weights(clip_words, vocab_size: int, power: float):
-    """Per text token: (its labelled frames in the corpus) ** -power, scaled so that the mean
-    weight over all labelled frames is 1 (the loss keeps its scale); None for power 0."""
-    if not power:
-        return None
-    counts = np.bincount(np.concatenate([w[w >= 0] for w in clip_words]), minlength=vocab_size).astype(np.float64)
-    w = np.zeros(vocab_size)
-    seen = counts > 0
-    w[seen] = counts[seen] ** -power
-    w *= counts.sum() / (counts * w).sum()
-    return torch.tensor(w, dtype=torch.float32)
-
-
 def _audio_tokens(mel_frames: int) -> int:
     """Audio tokens of a clip of `mel_frames` valid frames (the encoder's conv + pooling)."""
     return ((mel_frames - 1) // 2 + 1 - 2) // 2 + 1
 
 
-def word_loss(model, word_head, enc, lout, targets, weights=None):
+def word_loss(model, word_head, enc, lout, targets):
     """Stage "words": cross-entropy of the word head on every labelled audio token, plus
     the distance of the projected audio token to the spoken token's input embedding
-    (relative to the embeddings' variance; the embeddings are targets, not trained here).
-    `weights` (per text token, word_class_weights) weights each audio token by its target."""
+    (relative to the embeddings' variance; the embeddings are targets, not trained here)."""
     valid = torch.arange(enc.shape[1])[None, :] < lout[:, None]
     y = torch.from_numpy(np.concatenate([t[: int(n)] for t, n in zip(targets, lout)]))
     e = enc[valid][y >= 0]
     y = y[y >= 0]
     emb = model.model.get_input_embeddings().weight.detach()
-    if weights is None:
-        mse = ((model.model.multi_modal_projector(e) - emb[y]) ** 2).mean() / emb.var()
-        return F.cross_entropy(word_head(e).float(), y) + mse
-    wy = weights[y]
-    mse = (((model.model.multi_modal_projector(e) - emb[y]) ** 2).mean(-1) * wy).sum() / wy.sum() / emb.var()
-    return (F.cross_entropy(word_head(e).float(), y, reduction="none") * wy).sum() / wy.sum() + mse
+    mse = ((model.model.multi_modal_projector(e) - emb[y]) ** 2).mean() / emb.var()
+    return F.cross_entropy(word_head(e).float(), y) + mse
 
 
 def encoder_ctc(ctc_head, enc, lout, targets):
@@ -519,7 +494,7 @@ def loss_fn(model, batch, audio_id: int, word_head=None):
                                     return_encoder=True)
         emb = emb.masked_scatter((ids == audio_id)[..., None], a.to(emb.dtype))
         if word_head is not None and batch.get("word_targets"):
-            aux = word_loss(model, word_head, enc, lout, batch["word_targets"], batch.get("word_weights"))
+            aux = word_loss(model, word_head, enc, lout, batch["word_targets"])
     pos = torch.arange(ids.shape[1])[None, :].expand_as(ids)
     h = model.model.language_model(inputs_embeds=emb, attention_mask=batch["attention_mask"],
                                    position_ids=pos, use_cache=False).last_hidden_state
@@ -737,7 +712,7 @@ def train(cfg: BuildConfig, model, batcher: Batcher, sampler: Sampler, feats: Me
                     loss = encoder_ctc(ctc_head, enc, lout, batch["ctc_targets"])
                     parts = {"ctc": loss.item()}
                 else:
-                    loss = word_loss(model, word_head, enc, lout, batch["word_targets"], batch.get("word_weights"))
+                    loss = word_loss(model, word_head, enc, lout, batch["word_targets"])
                     parts = {"words": loss.item()}
             elif st_name == "text":
                 batch = batcher.collate(sampler.text_examples(rng, cfg.text_batch))
@@ -828,11 +803,6 @@ def build(out: Path = DEFAULT_OUT, cfg: BuildConfig = BuildConfig(), *, minutes:
     batcher = Batcher(processor, model)
     batcher.clip_units, batcher.n_units = ctc_targets(batcher, corpus, cfg.ctc_units)
     batcher.clip_words = word_targets(processor.tokenizer, corpus, feats)
-    batcher.word_weights = word_class_weights(batcher.clip_words, model.config.text_config.vocab_size,
-                                              cfg.word_rare_power)
-    if progress and batcher.word_weights is not None:
-        w = batcher.word_weights[batcher.word_weights > 0]
-        print(f"[mini] word loss weights: {len(w)} tokens, {w.min():.2f} to {w.max():.2f}", flush=True)
     result = train(cfg, model, batcher, Sampler(cfg, corpus, feats.lengths), feats, state_dir=state_dir,
                    deadline=deadline, progress=progress, val=corpus.val)
 
