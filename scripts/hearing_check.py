@@ -16,7 +16,8 @@ question, eSpeak NG with word timings) and reports:
 
 frequent_acc and other_acc look at what the encoder and projector hand to the decoder,
 before the decoder reads it; the targets are those of the build's stage "words"
-(rrs.mini.speech.frame_token_labels). Train-split questions were spoken in the build (as
+(rrs.mini.speech.frame_token_labels; the logic is rrs.mini.behaviour.hearing_table, which
+notebook 00 also shows). Train-split questions were spoken in the build (as
 transcription), test-split ones never. Usage (prints a table; nothing is written):
 
     RRS_DATA_DIR=../shared/data .venv/bin/python scripts/hearing_check.py [--n 150] [--model PATH]
@@ -25,70 +26,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import Counter
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rrs import stages  # noqa: E402
-from rrs.audio import pick_voice  # noqa: E402
-from rrs.data import normalise_text  # noqa: E402
-from rrs.mini.behaviour import transcription  # noqa: E402
-from rrs.mini.build import encode_audio  # noqa: E402
-from rrs.mini.speech import frame_token_labels, synthesize_words  # noqa: E402
-
-
-def frequent_words(texts, k: int = 50) -> set[str]:
-    """The k most frequent words of `texts` (normalised; ties broken by the word)."""
-    counts = Counter(w for t in texts for w in normalise_text(t).split())
-    return {w for w, _ in sorted(counts.items(), key=lambda x: (-x[1], x[0]))[:k]}
-
-
-@torch.no_grad()
-def frame_accuracy(adapter, rows: pd.DataFrame, clips: dict, frequent: set[str]) -> dict:
-    """Nearest-embedding (cosine) accuracy of the projected audio tokens, frequent words vs others:
-    {"frequent": (correct, frames), "other": (correct, frames)}."""
-    model, proc = adapter.model, adapter.processor
-    tok = proc.tokenizer
-    emb = torch.nn.functional.normalize(model.get_input_embeddings().weight.detach().float(), dim=-1)
-    out = {"frequent": [0, 0], "other": [0, 0]}
-    for r in rows.itertuples(index=False):
-        wav, timing = clips[r.id]
-        fe = proc.feature_extractor(wav, sampling_rate=16_000, return_attention_mask=True,
-                                    padding="max_length", return_tensors="pt")
-        audio = encode_audio(model, fe["input_features"].to(model.dtype), fe["attention_mask"]).float()
-        labels = frame_token_labels(r.text, timing, audio.shape[0], tok,
-                                    duration_ms=10.0 * int(fe["attention_mask"].sum()))
-        nearest = (torch.nn.functional.normalize(audio, dim=-1) @ emb.T).argmax(-1).numpy()
-        for f in np.flatnonzero(labels >= 0):
-            word = tok.decode([int(labels[f])]).strip().lower()
-            key = "frequent" if word in frequent else "other"
-            out[key][0] += int(nearest[f] == labels[f])
-            out[key][1] += 1
-    return {k: tuple(v) for k, v in out.items()}
-
-
-def hearing_table(adapter, questions: pd.DataFrame, P, n: int, seed: int = 0) -> pd.DataFrame:
-    frequent = frequent_words(stages.train_questions(questions)["text"])
-    rows = []
-    for split in ("train", "test"):
-        part = questions[questions["split"] == split]
-        part = part.iloc[np.random.default_rng(seed).permutation(len(part))[:n]].reset_index(drop=True)
-        clips = {r.id: synthesize_words(r.text, *pick_voice(r.id, P.tts.voices, P.tts.rates, seed))
-                 for r in part.itertuples(index=False)}
-        tr = transcription(adapter, part, {k: w for k, (w, _) in clips.items()})
-        acc = frame_accuracy(adapter, part, clips, frequent)
-        rows.append({"split": split, "questions": len(part),
-                     "WER": round(100.0 * tr["errors"].sum() / max(1, tr["words"].sum()), 1),
-                     "frequent_acc": round(100.0 * acc["frequent"][0] / max(1, acc["frequent"][1]), 1),
-                     "frequent_frames": acc["frequent"][1],
-                     "other_acc": round(100.0 * acc["other"][0] / max(1, acc["other"][1]), 1),
-                     "other_frames": acc["other"][1]})
-    return pd.DataFrame(rows)
+from rrs.mini.behaviour import hearing_table  # noqa: E402
 
 
 def main(argv=None) -> None:

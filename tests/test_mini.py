@@ -435,3 +435,11 @@ def test_separation_table_scores_p_i_per_mode_without_the_instruction():
     assert t.loc["audio-only", "roc_auc"] == 1.0 and t.loc["audio-only", "best_balanced"] == 100.0
     with pytest.raises(ValueError, match="audio-only"):
         separation_table(pd.DataFrame(rows("audio-only", False, [0.5], [])))
+
+
+def test_frequent_words_are_the_most_common_normalised_words():
+    from rrs.mini.behaviour import frequent_words
+
+    texts = ["How do I bake bread?", "how do I help my cat", "Do I need a cat?"]
+    # do, i: 3; how, cat: 2 (ties broken alphabetically: cat before how)
+    assert frequent_words(texts, k=3) == {"do", "i", "cat"}

@@ -65,13 +65,6 @@ def test_vocabulary_need_prints_the_paper_split(capsys):
     assert all(0.0 <= float(x) <= 1.0 for r in rows for x in r[1:])
 
 
-def test_frequent_words_are_the_most_common_normalised_words():
-    hearing_check = _load("hearing_check")
-    texts = ["How do I bake bread?", "how do I help my cat", "Do I need a cat?"]
-    # do, i: 3; how, cat: 2 (ties broken alphabetically: cat before how)
-    assert hearing_check.frequent_words(texts, k=3) == {"do", "i", "cat"}
-
-
 def test_hearing_check_reports_both_splits(capsys):
     _load("hearing_check").main(["--profile", "ci", "--n", "4"])
     out = capsys.readouterr().out

@@ -169,6 +169,75 @@ def quick_text_check(model_dir: Path, val_questions, modes=MODES) -> pd.DataFram
     return t
 
 
+def frequent_words(texts, k: int = 50) -> set[str]:
+    """The k most frequent words of `texts` (normalised; ties broken by the word)."""
+    from collections import Counter
+
+    from ..data import normalise_text
+
+    counts = Counter(w for t in texts for w in normalise_text(t).split())
+    return {w for w, _ in sorted(counts.items(), key=lambda x: (-x[1], x[0]))[:k]}
+
+
+def frame_accuracy(adapter, rows: pd.DataFrame, clips: dict, frequent: set[str]) -> dict:
+    """What the audio tokens hand to the decoder: the share of audio tokens (40 ms) whose
+    projected embedding points most nearly (cosine: each decoder layer reads its input
+    through an RMSNorm) toward the input embedding of the text token spoken there, the
+    targets of the build's stage "words". clips: id -> (waveform, eSpeak NG word timings).
+    Returns {"frequent": (right, audio tokens), "other": (right, audio tokens)}."""
+    import torch
+    import torch.nn.functional as F
+
+    from .build import encode_audio
+    from .speech import frame_token_labels
+
+    model, proc = adapter.model, adapter.processor
+    tok = proc.tokenizer
+    emb = F.normalize(model.get_input_embeddings().weight.detach().float(), dim=-1)
+    out = {"frequent": [0, 0], "other": [0, 0]}
+    with torch.no_grad():
+        for r in rows.itertuples(index=False):
+            wav, timing = clips[r.id]
+            fe = proc.feature_extractor(wav, sampling_rate=16_000, return_attention_mask=True,
+                                        padding="max_length", return_tensors="pt")
+            audio = encode_audio(model, fe["input_features"].to(model.dtype), fe["attention_mask"]).float()
+            labels = frame_token_labels(r.text, timing, audio.shape[0], tok,
+                                        duration_ms=10.0 * int(fe["attention_mask"].sum()))
+            nearest = (F.normalize(audio, dim=-1) @ emb.T).argmax(-1).numpy()
+            for f in np.flatnonzero(labels >= 0):
+                key = "frequent" if tok.decode([int(labels[f])]).strip().lower() in frequent else "other"
+                out[key][0] += int(nearest[f] == labels[f])
+                out[key][1] += 1
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def hearing_table(adapter, questions: pd.DataFrame, profile, n: int, seed: int = 0) -> pd.DataFrame:
+    """How well the model hears, per split (train, test) of the split table `questions`:
+    transcription WER and the share of audio tokens read right (frame_accuracy) for the 50
+    most frequent words of the written training questions and for all other words, on n
+    seeded questions per split, each spoken with the pipeline's voice and rate for its id
+    (eSpeak NG in this process, with word timings)."""
+    from ..audio import pick_voice
+    from .speech import synthesize_words
+
+    frequent = frequent_words(questions.loc[questions["split"] == "train", "text"])
+    rows = []
+    for split in ("train", "test"):
+        part = questions[questions["split"] == split]
+        part = part.iloc[np.random.default_rng(seed).permutation(len(part))[:n]].reset_index(drop=True)
+        clips = {r.id: synthesize_words(r.text, *pick_voice(r.id, profile.tts.voices, profile.tts.rates, seed))
+                 for r in part.itertuples(index=False)}
+        tr = transcription(adapter, part, {k: w for k, (w, _) in clips.items()})
+        acc = frame_accuracy(adapter, part, clips, frequent)
+        rows.append({"split": split, "questions": len(part),
+                     "WER": round(100.0 * tr["errors"].sum() / max(1, tr["words"].sum()), 1),
+                     "frequent_acc": round(100.0 * acc["frequent"][0] / max(1, acc["frequent"][1]), 1),
+                     "frequent_frames": acc["frequent"][1],
+                     "other_acc": round(100.0 * acc["other"][0] / max(1, acc["other"][1]), 1),
+                     "other_frames": acc["other"][1]})
+    return pd.DataFrame(rows)
+
+
 def word_error_rate(ref: str, hyp: str) -> tuple[int, int]:
     """(edit distance in words, reference length) between normalised texts."""
     from ..data import normalise_text
