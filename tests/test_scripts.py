@@ -74,3 +74,6 @@ def test_hearing_check_reports_both_splits(capsys):
         assert int(r[1]) == 4
         assert 0 <= float(r[2]) and 0 <= float(r[3]) <= 100 and 0 <= float(r[5]) <= 100
         assert int(r[4]) > 0 and int(r[6]) > 0
+        # the committed model hears the frequent words far better than the rest (measured on
+        # these questions: 92.1 vs 19.6% train, 72.6 vs 11.9% test)
+        assert float(r[3]) > float(r[5]) + 30

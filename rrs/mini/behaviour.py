@@ -194,6 +194,8 @@ def frame_accuracy(adapter, rows: pd.DataFrame, clips: dict, frequent: set[str])
     model, proc = adapter.model, adapter.processor
     tok = proc.tokenizer
     emb = F.normalize(model.get_input_embeddings().weight.detach().float(), dim=-1)
+    # per text token, once: is it (a piece of) one of the frequent words?
+    is_frequent = np.array([tok.decode([i]).strip().lower() in frequent for i in range(emb.shape[0])])
     out = {"frequent": [0, 0], "other": [0, 0]}
     with torch.no_grad():
         for r in rows.itertuples(index=False):
@@ -204,10 +206,11 @@ def frame_accuracy(adapter, rows: pd.DataFrame, clips: dict, frequent: set[str])
             labels = frame_token_labels(r.text, timing, audio.shape[0], tok,
                                         duration_ms=10.0 * int(fe["attention_mask"].sum()))
             nearest = (F.normalize(audio, dim=-1) @ emb.T).argmax(-1).numpy()
-            for f in np.flatnonzero(labels >= 0):
-                key = "frequent" if tok.decode([int(labels[f])]).strip().lower() in frequent else "other"
-                out[key][0] += int(nearest[f] == labels[f])
-                out[key][1] += 1
+            spoken = labels >= 0
+            right, freq = nearest[spoken] == labels[spoken], is_frequent[labels[spoken]]
+            for key, sel in (("frequent", freq), ("other", ~freq)):
+                out[key][0] += int(right[sel].sum())
+                out[key][1] += int(sel.sum())
     return {k: tuple(v) for k, v in out.items()}
 
 
