@@ -5,12 +5,18 @@ same fingerprint: the notebook, the rrs package sources, the profile, seed, mode
 data checksum, and the fingerprints of the stages before it. Executed notebooks go to
 runs/<profile>/notebooks/ through a temporary file, so a failed or interrupted run never
 replaces the last good one.
+
+`--model` with another model than the profile's own (another mini build, or one of the
+`paper` profile's other models) writes everything under runs/<profile>/models/<name>-<hash>/
+(tables, figures, results, stamps, executed notebooks): the committed `mini` outputs and the
+README describe the committed model only.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -72,16 +78,30 @@ def failed_cell(executed: Path) -> str:
     return "unknown cell"
 
 
+def resolve_model(model: str | None) -> str | None:
+    """A local model folder as an absolute path (the notebooks run in notebooks/, so a
+    relative one would point elsewhere there); any other id unchanged."""
+    if model and Path(model).exists():
+        return str(Path(model).resolve())
+    return model
+
+
 def run(profile: str, only: str | None, force: bool, seed: int, model: str | None) -> int:
     import papermill as pm
 
     prof = get_profile(profile)
     from .data import data_checksum
 
+    model = resolve_model(model)
     params = {"profile": profile, "seed": seed}
     if model:
         params["model"] = model
     run_dir = REPO_ROOT / "runs" / profile
+    own_root = prof.model_root(model)
+    if own_root is not None:
+        run_dir = own_root
+        # the kernels inherit it: every table, figure and result of this run lands there
+        os.environ.setdefault("RRS_OUTPUT_ROOT", str(own_root))
     stamps = run_dir / "stamps"
     executed_dir = run_dir / "notebooks"
     sources = sources_fingerprint()
@@ -139,7 +159,8 @@ def main(argv=None) -> int:
     parser.add_argument("--only", help="comma-separated notebook numbers or names, e.g. 03 or 02,04")
     parser.add_argument("--force", action="store_true", help="rerun stages even if up to date")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--model", help="model id for notebooks that take one (default: the profile's)")
+    parser.add_argument("--model", help="a registered model id or a local model folder, e.g. another mini "
+                        "build (default: the profile's); outputs then go to runs/<profile>/models/")
     args = parser.parse_args(argv)
     if args.profile not in PROFILES:
         parser.error(f"unknown profile {args.profile!r}; choose one of {sorted(PROFILES)}")

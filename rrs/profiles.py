@@ -6,7 +6,9 @@ papermill `parameters` cell and look everything else up here.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -59,6 +61,7 @@ class Profile:
     top_m_values: tuple[float | None, ...] = (12.5, 25.0, 50.0, None)  # None = positive c
     checkpoint_epochs: tuple[int, ...] = (0, 1, 5, 10)  # epochs drawn in Figure 2
     commit_outputs: bool = False        # mini only: figures/ and tables/ are committed
+    other_model_root: Path | None = None  # set by for_model: outputs of a model not the profile's own
 
     @property
     def default_model(self) -> str:
@@ -69,12 +72,30 @@ class Profile:
         """Root under which figures/, tables/ and results/ are written.
 
         `RRS_OUTPUT_ROOT` overrides it (tests use a temporary folder so that they never
-        touch the committed mini outputs).
+        touch the committed mini outputs); then `for_model`'s folder for another model.
         """
         env = os.environ.get("RRS_OUTPUT_ROOT")
         if env:
             return Path(env).expanduser().resolve()
+        if self.other_model_root is not None:
+            return self.other_model_root
         return REPO_ROOT if self.commit_outputs else REPO_ROOT / "runs" / self.name
+
+    def model_root(self, model: str | None) -> Path | None:
+        """runs/<profile>/models/<name>-<hash of the id> for a model other than the
+        profile's own (another mini build, another paper model); None for its own."""
+        if not model or model == self.default_model:
+            return None
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model).name or model).strip("-.") or "model"
+        digest = hashlib.sha256(str(model).encode()).hexdigest()[:8]
+        return REPO_ROOT / "runs" / self.name / "models" / f"{name}-{digest}"
+
+    def for_model(self, model: str | None) -> "Profile":
+        """This profile, writing to `model_root(model)` when that is not its own model: the
+        committed mini outputs (and the README built from them) describe the committed
+        model only, and the paper profile's three models must not overwrite each other."""
+        root = self.model_root(model)
+        return self if root is None else replace(self, other_model_root=root)
 
     @property
     def figures_dir(self) -> Path:

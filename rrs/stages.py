@@ -74,7 +74,9 @@ def setup(profile="mini", seed: int = 0, model: str | None = None, device: str |
     """
     from .models import load_adapter
 
-    P = _profile(profile)
+    # another model than the profile's own writes to runs/<profile>/models/, never over the
+    # committed mini outputs (Profile.for_model)
+    P = _profile(profile).for_model(model)
     if n_train is not None:
         n_train = int(n_train)
         P = dataclasses.replace(P, max_train_pairs=min(n_train, P.max_train_pairs or n_train))

@@ -1,8 +1,11 @@
 """Project plumbing: profiles, atomic writes, provenance, notebooks' shape, run_all, pins."""
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 import pytest
 import yaml
@@ -39,6 +42,47 @@ def test_output_folders(monkeypatch, tmp_path):
     assert get_profile("paper").tables_dir == REPO_ROOT / "runs" / "paper" / "tables"
     monkeypatch.setenv("RRS_OUTPUT_ROOT", str(tmp_path))
     assert get_profile("mini").figures_dir == tmp_path / "figures"
+
+
+def test_another_model_never_writes_over_the_profiles_outputs(monkeypatch):
+    monkeypatch.delenv("RRS_OUTPUT_ROOT", raising=False)
+    mini, paper = get_profile("mini"), get_profile("paper")
+    assert mini.for_model(None) is mini and mini.for_model("mini-lalm").tables_dir == REPO_ROOT / "tables"
+    other = mini.for_model("/tmp/builds/wide encoder/")
+    assert other.tables_dir.parent.parent == REPO_ROOT / "runs" / "mini" / "models"
+    assert other.tables_dir.parent.name.startswith("wide-encoder-") and other.tables_dir.name == "tables"
+    assert other.output_root != mini.for_model("/tmp/other/wide encoder").output_root  # hash of the whole id
+    # the paper profile's three models each get their own folder
+    roots = {paper.for_model(m).output_root for m in paper.models}
+    assert len(roots) == 3 and paper.for_model(paper.default_model).output_root == REPO_ROOT / "runs" / "paper"
+    assert paper.for_model("Qwen/Qwen2-Audio-7B-Instruct").output_root.name.startswith("Qwen2-Audio-7B-Instruct-")
+
+
+def test_run_all_with_another_model_writes_under_runs(monkeypatch, tmp_path):
+    """run_all --model DIR: the kernels get RRS_OUTPUT_ROOT=runs/mini/models/..., the model as
+    an absolute path, and the stamps and executed notebooks go there too."""
+    import papermill as pm
+
+    monkeypatch.setenv("RRS_OUTPUT_ROOT", "unset below")  # so that monkeypatch removes what run() sets
+    monkeypatch.delenv("RRS_OUTPUT_ROOT")
+    seen = {}
+
+    def fake_execute(src, out, parameters, **kw):
+        seen.update(parameters, root=os.environ.get("RRS_OUTPUT_ROOT"))
+        Path(out).write_text("{}")
+
+    monkeypatch.setattr(pm, "execute_notebook", fake_execute)
+    build = tmp_path / "build"
+    build.mkdir()
+    monkeypatch.chdir(tmp_path)
+    root = get_profile("mini").model_root(str(build))
+    try:
+        assert pipeline.run("mini", "07", force=True, seed=0, model="build") == 0
+        assert seen["model"] == str(build) and seen["root"] == str(root)
+        assert (root / "stamps" / "07_capability.json").is_file()
+        assert (root / "notebooks" / "07_capability.ipynb").is_file()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):
