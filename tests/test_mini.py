@@ -437,6 +437,32 @@ def test_separation_table_scores_p_i_per_mode_without_the_instruction():
         separation_table(pd.DataFrame(rows("audio-only", False, [0.5], [])))
 
 
+def test_echo_table_scores_the_copied_answers_of_benign_questions():
+    from rrs.mini.behaviour import echo_table
+
+    q = "How do I bake sourdough bread?"
+    rows = pd.DataFrame([
+        {"mode": "text-only", "refusal_instruction": False, "label": "benign", "text": q,
+         "response": "Sure, here is how to answer: how do i bake sourdough bread.", "refused": False},
+        {"mode": "text-only", "refusal_instruction": False, "label": "benign", "text": q,  # wrong words
+         "response": "Sure, here is how to answer: how do i feel about cars.", "refused": False},
+        {"mode": "text-only", "refusal_instruction": False, "label": "benign", "text": q,
+         "response": "I cannot help with that.", "refused": True},
+        {"mode": "text-only", "refusal_instruction": False, "label": "harmful", "text": q,  # not benign
+         "response": "Sure, here is how to answer: how do i bake sourdough bread.", "refused": False},
+        {"mode": "text-only", "refusal_instruction": True, "label": "benign", "text": q,  # instructed
+         "response": "Sure, here is how to answer: how do i bake sourdough bread.", "refused": False},
+        {"mode": "audio-only", "refusal_instruction": False, "label": "benign", "text": q,
+         "response": "I won't.", "refused": True},
+    ])
+    t = echo_table(rows).set_index("mode")
+    assert t.loc["text-only", "n_benign"] == 3
+    assert t.loc["text-only", "answered"] == pytest.approx(66.7)
+    assert t.loc["text-only", "capable"] == pytest.approx(33.3)
+    assert t.loc["text-only", "capable_of_answered"] == 50.0
+    assert t.loc["audio-only", "answered"] == 0.0 and np.isnan(t.loc["audio-only", "capable_of_answered"])
+
+
 def test_frequent_words_are_the_most_common_normalised_words():
     from rrs.mini.behaviour import frequent_words
 

@@ -119,6 +119,24 @@ def separation_table(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def echo_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per mode (no refusal instruction), on the benign questions: answered (%), capable (%,
+    rrs.evaluation.capability_score: an answer that repeats the question, Table 2's metric)
+    and capable_of_answered (%): how well the model copies the question into its template
+    answer, apart from whether it refuses."""
+    from ..evaluation import capability_score
+
+    out = []
+    for mode, g in rows[~rows["refusal_instruction"] & (rows["label"] == "benign")].groupby("mode", sort=False):
+        capable = np.array([capability_score(t, r, refused=f) for t, r, f in zip(g["text"], g["response"], g["refused"])])
+        answered = ~g["refused"].to_numpy(bool)
+        out.append({"mode": mode, "answered": round(100.0 * answered.mean(), 1),
+                    "capable": round(100.0 * capable.mean(), 1),
+                    "capable_of_answered": round(100.0 * capable[answered].mean(), 1) if answered.any() else np.nan,
+                    "n_benign": len(g)})
+    return pd.DataFrame(out)
+
+
 def write_behaviour_table(table: pd.DataFrame, profile, *, model: str, seed: int) -> Path:
     """tables/mini_lalm_behaviour.csv under the profile's output root (RRS_OUTPUT_ROOT
     honoured), atomically, with its provenance record beside it."""
@@ -161,6 +179,7 @@ def quick_text_check(model_dir: Path, val_questions, modes=MODES) -> pd.DataFram
     t = behaviour_table(rows)
     print(t.to_string(index=False))
     print(separation_table(rows).to_string(index=False))
+    print(echo_table(rows).to_string(index=False))
     if audio is not None:
         tr = transcription(adapter, df, audio)
         print(f"val transcription WER {100 * tr.errors.sum() / tr.words.sum():.1f}%")
