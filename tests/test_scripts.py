@@ -77,3 +77,27 @@ def test_hearing_check_reports_both_splits(capsys):
         # the committed model hears the frequent words far better than the rest (measured on
         # these questions: 92.1 vs 19.6% train, 72.6 vs 11.9% test)
         assert float(r[3]) > float(r[5]) + 30
+
+
+def test_perfect_audio_tokens_replace_only_the_spoken_ones():
+    import numpy as np
+    import torch
+
+    perfect = _load("hearing_oracle").perfect_audio_tokens
+    audio = torch.arange(12, dtype=torch.float32).reshape(4, 3)
+    embeddings = 100 + torch.arange(15, dtype=torch.float32).reshape(5, 3)
+    out = perfect(audio, np.array([-100, 2, 4, -100]), embeddings)
+    assert torch.equal(out[[0, 3]], audio[[0, 3]])          # silence: what the encoder made of it
+    assert torch.equal(out[1], embeddings[2]) and torch.equal(out[2], embeddings[4])
+    assert torch.equal(audio, torch.arange(12, dtype=torch.float32).reshape(4, 3))  # input untouched
+
+
+def test_hearing_oracle_reports_both_views_per_mode(capsys):
+    _load("hearing_oracle").main(["--profile", "ci", "--modes", "audio-only"])
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if re.match(r"\s*audio-only ", line)]
+    assert [r[1] for r in rows] == ["heard", "perfect"]
+    for r in rows:
+        assert all(0 <= float(x) <= 1 for x in r[2:4]) and all(0 <= float(x) <= 100 for x in r[4:6])
+    # the two views differ: the perfect tokens are not what the encoder hands over
+    assert rows[0][2:] != rows[1][2:]
