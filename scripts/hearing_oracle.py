@@ -7,8 +7,10 @@ embedding (eSpeak NG's own word timings say which token is spoken when; silent a
 tokens keep what the encoder made of them) and compares it with the real audio tokens,
 on the same prompts and clips, without retraining anything:
 
-  heard     the real audio tokens (encoder + projector), as the model runs
-  perfect   each spoken audio token replaced by the input embedding of its text token
+  heard        the real audio tokens (encoder + projector), as the model runs
+  perfect      each spoken audio token replaced by the input embedding of its text token
+  perfect_F%   the same for a seeded random F% of the spoken words only (--fractions; the
+               other words stay as heard): how much better must the hearing get?
 
 Per input mode and view it prints, for the test split: the ROC AUC of P("I") (harmful vs
 benign), the test AUC of a linear probe on h(x) (the last position's final state) fitted
@@ -37,36 +39,59 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rrs import stages  # noqa: E402
 from rrs.audio import pick_voice  # noqa: E402
 from rrs.mini.build import encode_audio  # noqa: E402
-from rrs.mini.speech import frame_token_labels, synthesize_words  # noqa: E402
+from rrs.mini.speech import FRAME_MS, frame_token_labels, synthesize_words  # noqa: E402
 from rrs.modes import build_input  # noqa: E402
 
-VIEWS = ("heard", "perfect")
-
-
-def perfect_audio_tokens(audio: torch.Tensor, labels: np.ndarray, embeddings: torch.Tensor) -> torch.Tensor:
-    """The audio tokens [n, d] with every spoken one (label >= 0) replaced by the input
-    embedding of the text token spoken there; silent ones (label -100) stay as they are."""
+def perfect_audio_tokens(audio: torch.Tensor, labels: np.ndarray, embeddings: torch.Tensor,
+                         where: np.ndarray | None = None) -> torch.Tensor:
+    """The audio tokens [n, d] with every spoken one (label >= 0; and `where`, if given)
+    replaced by the input embedding of the text token spoken there; the rest (silence,
+    label -100) stay as they are."""
     out = audio.clone()
-    spoken = torch.from_numpy(labels) >= 0
-    out[spoken] = embeddings[torch.from_numpy(labels[labels >= 0])].to(out.dtype)
+    sel = (labels >= 0) if where is None else (labels >= 0) & where
+    out[torch.from_numpy(sel)] = embeddings[torch.from_numpy(labels[sel])].to(out.dtype)
     return out
 
 
+def word_of_audio_token(timing, n_tokens: int, duration_ms: float) -> np.ndarray:
+    """Per audio token (40 ms), the index of the word eSpeak NG was speaking at its centre
+    (-1 before the first word), as in rrs.mini.speech.frame_token_labels."""
+    centres = FRAME_MS * np.arange(n_tokens) + FRAME_MS / 2
+    starts = np.array([ms for _, _, ms in timing], dtype=float)
+    return np.searchsorted(starts, centres, side="right") - 1
+
+
+def views(fractions) -> list[str]:
+    return ["heard", *(f"perfect_{round(100 * f)}%" for f in fractions if 0 < f < 1), "perfect"]
+
+
 @torch.no_grad()
-def decoder_outputs(adapter, rows: pd.DataFrame, mode: str, profile, seed: int) -> dict[str, tuple]:
+def decoder_outputs(adapter, rows: pd.DataFrame, mode: str, profile, seed: int,
+                    fractions=()) -> dict[str, tuple]:
     """view -> (h(x) [N, d], P("I") [N], first token is "I" [N]) for each question of `rows`."""
     model, tok = adapter.model, adapter.processor.tokenizer
     embeddings = model.get_input_embeddings().weight
     audio_id, refusal_id = model.config.audio_token_id, adapter.refusal_token_id()
-    out = {v: ([], [], []) for v in VIEWS}
-    for r in tqdm(list(rows.itertuples(index=False)), desc=mode, leave=False):
+    names = views(fractions)
+    out = {v: ([], [], []) for v in names}
+    for i, r in enumerate(tqdm(list(rows.itertuples(index=False)), desc=mode, leave=False)):
         wav, timing = synthesize_words(r.text, *pick_voice(r.id, profile.tts.voices, profile.tts.rates, seed))
         batch = adapter.prepare([build_input(r.text, wav, mode)])
         ids = batch["input_ids"]
         heard = encode_audio(model, batch["input_features"].to(model.dtype), batch["feature_attention_mask"])
-        labels = frame_token_labels(r.text, timing, heard.shape[0], tok,
-                                    duration_ms=10.0 * int(batch["feature_attention_mask"].sum()))
-        for view, audio in (("heard", heard), ("perfect", perfect_audio_tokens(heard, labels, embeddings))):
+        duration_ms = 10.0 * int(batch["feature_attention_mask"].sum())
+        labels = frame_token_labels(r.text, timing, heard.shape[0], tok, duration_ms=duration_ms)
+        word = word_of_audio_token(timing, heard.shape[0], duration_ms)
+        # one seeded order of the words per question: perfect_F% makes its first F% perfect,
+        # so a larger F keeps every word a smaller one made perfect
+        order = np.random.default_rng([seed, i]).permutation(len(timing))
+        rank = np.full(heard.shape[0], len(timing))
+        rank[word >= 0] = np.argsort(order)[word[word >= 0]]
+        audios = {"heard": heard, "perfect": perfect_audio_tokens(heard, labels, embeddings)}
+        for f, name in zip([f for f in fractions if 0 < f < 1], names[1:-1]):
+            audios[name] = perfect_audio_tokens(heard, labels, embeddings, where=rank < round(f * len(timing)))
+        for view in names:
+            audio = audios[view]
             emb = embeddings[ids].clone()
             emb[ids == audio_id] = audio.to(emb.dtype)
             h = model.model.language_model(inputs_embeds=emb, attention_mask=batch["attention_mask"],
@@ -78,13 +103,14 @@ def decoder_outputs(adapter, rows: pd.DataFrame, mode: str, profile, seed: int) 
     return {v: (np.stack(h), np.array(p), np.array(i)) for v, (h, p, i) in out.items()}
 
 
-def oracle_table(adapter, train: pd.DataFrame, test: pd.DataFrame, profile, modes, seed: int = 0) -> pd.DataFrame:
+def oracle_table(adapter, train: pd.DataFrame, test: pd.DataFrame, profile, modes, seed: int = 0,
+                 fractions=()) -> pd.DataFrame:
     y_train, y_test = (train.label == "harmful").to_numpy(), (test.label == "harmful").to_numpy()
     rows = []
     for mode in modes:
-        o_train = decoder_outputs(adapter, train, mode, profile, seed)
-        o_test = decoder_outputs(adapter, test, mode, profile, seed)
-        for view in VIEWS:
+        o_train = decoder_outputs(adapter, train, mode, profile, seed, fractions)
+        o_test = decoder_outputs(adapter, test, mode, profile, seed, fractions)
+        for view in views(fractions):
             (h_train, _, _), (h_test, p_test, first_i) = o_train[view], o_test[view]
             probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=0.1)).fit(h_train, y_train)
             rows.append({"mode": mode, "view": view,
@@ -100,11 +126,16 @@ def main(argv=None) -> None:
     ap.add_argument("--model", default=None, help="model id or folder (default: the profile's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--modes", default="audio-only,audio-text")
+    ap.add_argument("--fractions", default="", help="comma-separated shares of the spoken words made "
+                    "perfect in extra views, e.g. 0.25,0.5,0.75")
     args = ap.parse_args(argv)
+    fractions = [float(f) for f in args.fractions.split(",") if f.strip()]
+    if any(not 0 < f < 1 for f in fractions):
+        raise SystemExit(f"--fractions must lie strictly between 0 and 1, got {args.fractions!r}")
 
     P, adapter, questions = stages.setup(args.profile, args.seed, model=args.model, progress=False)
     train, test = stages.train_questions(questions), stages.split_questions(questions, "test")
-    table = oracle_table(adapter, train, test, P, args.modes.split(","), args.seed)
+    table = oracle_table(adapter, train, test, P, args.modes.split(","), args.seed, fractions)
     print(f"model {args.model or P.default_model}; probe fitted on {len(train)} train, scored on {len(test)} test "
           f"questions; I_harmful / I_benign: % of test questions whose first token is \"I\"")
     print(table.round({"pI_auc": 3, "probe_auc": 3, "I_harmful": 1, "I_benign": 1}).to_string(index=False))

@@ -90,14 +90,26 @@ def test_perfect_audio_tokens_replace_only_the_spoken_ones():
     assert torch.equal(out[[0, 3]], audio[[0, 3]])          # silence: what the encoder made of it
     assert torch.equal(out[1], embeddings[2]) and torch.equal(out[2], embeddings[4])
     assert torch.equal(audio, torch.arange(12, dtype=torch.float32).reshape(4, 3))  # input untouched
+    # with `where`, only the chosen spoken tokens: token 1 is chosen, 2 is not, 0 is silent
+    some = perfect(audio, np.array([-100, 2, 4, -100]), embeddings, where=np.array([True, True, False, False]))
+    assert torch.equal(some[[0, 2, 3]], audio[[0, 2, 3]]) and torch.equal(some[1], embeddings[2])
 
 
-def test_hearing_oracle_reports_both_views_per_mode(capsys):
-    _load("hearing_oracle").main(["--profile", "ci", "--modes", "audio-only"])
+def test_word_of_audio_token_follows_the_word_timings():
+    import numpy as np
+
+    word_of = _load("hearing_oracle").word_of_audio_token
+    # words start at 50 ms and 130 ms; audio tokens are centred at 20, 60, 100, 140, 180 ms
+    timing = [(0, 3, 50.0), (4, 8, 130.0)]
+    assert word_of(timing, 5, 200.0).tolist() == [-1, 0, 0, 1, 1]
+
+
+def test_hearing_oracle_reports_every_view_per_mode(capsys):
+    _load("hearing_oracle").main(["--profile", "ci", "--modes", "audio-only", "--fractions", "0.5"])
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if re.match(r"\s*audio-only ", line)]
-    assert [r[1] for r in rows] == ["heard", "perfect"]
+    assert [r[1] for r in rows] == ["heard", "perfect_50%", "perfect"]
     for r in rows:
         assert all(0 <= float(x) <= 1 for x in r[2:4]) and all(0 <= float(x) <= 100 for x in r[4:6])
-    # the two views differ: the perfect tokens are not what the encoder hands over
-    assert rows[0][2:] != rows[1][2:]
+    # the views differ: the perfect tokens are not what the encoder hands over
+    assert rows[0][2:] != rows[-1][2:]
