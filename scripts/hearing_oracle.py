@@ -17,7 +17,8 @@ benign), the test AUC of a linear probe on h(x) (the last position's final state
 on the training split, and the share of questions whose first greedy token is "I" (the
 refusal decision of the vanilla model). Usage (prints a table; nothing is written):
 
-    RRS_DATA_DIR=../shared/data .venv/bin/python scripts/hearing_oracle.py [--model PATH] [--profile mini]
+    RRS_DATA_DIR=../shared/data .venv/bin/python scripts/hearing_oracle.py [--model PATH] [--profile mini] \
+        [--fractions 0.25,0.5,0.75]
 """
 from __future__ import annotations
 
@@ -37,10 +38,11 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rrs import stages  # noqa: E402
-from rrs.audio import pick_voice  # noqa: E402
+from rrs.mini.behaviour import speech_with_word_timings  # noqa: E402
 from rrs.mini.build import encode_audio  # noqa: E402
-from rrs.mini.speech import FRAME_MS, frame_token_labels, synthesize_words  # noqa: E402
+from rrs.mini.speech import FRAME_MS, frame_token_labels  # noqa: E402
 from rrs.modes import build_input  # noqa: E402
+
 
 def perfect_audio_tokens(audio: torch.Tensor, labels: np.ndarray, embeddings: torch.Tensor,
                          where: np.ndarray | None = None) -> torch.Tensor:
@@ -61,21 +63,23 @@ def word_of_audio_token(timing, n_tokens: int, duration_ms: float) -> np.ndarray
     return np.searchsorted(starts, centres, side="right") - 1
 
 
-def views(fractions) -> list[str]:
-    return ["heard", *(f"perfect_{round(100 * f)}%" for f in fractions if 0 < f < 1), "perfect"]
+def views(fractions) -> dict[str, float]:
+    """view name -> share of the spoken words made perfect (0: as heard, 1: all)."""
+    return {"heard": 0.0, **{f"perfect_{round(100 * f)}%": f for f in fractions}, "perfect": 1.0}
 
 
 @torch.no_grad()
-def decoder_outputs(adapter, rows: pd.DataFrame, mode: str, profile, seed: int,
+def decoder_outputs(adapter, rows: pd.DataFrame, clips: dict, mode: str, seed: int,
                     fractions=()) -> dict[str, tuple]:
-    """view -> (h(x) [N, d], P("I") [N], first token is "I" [N]) for each question of `rows`."""
+    """view -> (h(x) [N, d], P("I") [N], first token is "I" [N]) for each question of `rows`;
+    clips: id -> (waveform, word timings) (rrs.mini.behaviour.speech_with_word_timings)."""
     model, tok = adapter.model, adapter.processor.tokenizer
     embeddings = model.get_input_embeddings().weight
     audio_id, refusal_id = model.config.audio_token_id, adapter.refusal_token_id()
-    names = views(fractions)
-    out = {v: ([], [], []) for v in names}
+    shares = views(fractions)
+    out = {v: ([], [], []) for v in shares}
     for i, r in enumerate(tqdm(list(rows.itertuples(index=False)), desc=mode, leave=False)):
-        wav, timing = synthesize_words(r.text, *pick_voice(r.id, profile.tts.voices, profile.tts.rates, seed))
+        wav, timing = clips[r.id]
         batch = adapter.prepare([build_input(r.text, wav, mode)])
         ids = batch["input_ids"]
         heard = encode_audio(model, batch["input_features"].to(model.dtype), batch["feature_attention_mask"])
@@ -87,11 +91,9 @@ def decoder_outputs(adapter, rows: pd.DataFrame, mode: str, profile, seed: int,
         order = np.random.default_rng([seed, i]).permutation(len(timing))
         rank = np.full(heard.shape[0], len(timing))
         rank[word >= 0] = np.argsort(order)[word[word >= 0]]
-        audios = {"heard": heard, "perfect": perfect_audio_tokens(heard, labels, embeddings)}
-        for f, name in zip([f for f in fractions if 0 < f < 1], names[1:-1]):
-            audios[name] = perfect_audio_tokens(heard, labels, embeddings, where=rank < round(f * len(timing)))
-        for view in names:
-            audio = audios[view]
+        for view, share in shares.items():
+            where = None if share == 1 else rank < round(share * len(timing))
+            audio = heard if share == 0 else perfect_audio_tokens(heard, labels, embeddings, where=where)
             emb = embeddings[ids].clone()
             emb[ids == audio_id] = audio.to(emb.dtype)
             h = model.model.language_model(inputs_embeds=emb, attention_mask=batch["attention_mask"],
@@ -106,10 +108,12 @@ def decoder_outputs(adapter, rows: pd.DataFrame, mode: str, profile, seed: int,
 def oracle_table(adapter, train: pd.DataFrame, test: pd.DataFrame, profile, modes, seed: int = 0,
                  fractions=()) -> pd.DataFrame:
     y_train, y_test = (train.label == "harmful").to_numpy(), (test.label == "harmful").to_numpy()
+    # each question is spoken once and serves every mode
+    clips_train, clips_test = speech_with_word_timings(train, profile, seed), speech_with_word_timings(test, profile, seed)
     rows = []
     for mode in modes:
-        o_train = decoder_outputs(adapter, train, mode, profile, seed, fractions)
-        o_test = decoder_outputs(adapter, test, mode, profile, seed, fractions)
+        o_train = decoder_outputs(adapter, train, clips_train, mode, seed, fractions)
+        o_test = decoder_outputs(adapter, test, clips_test, mode, seed, fractions)
         for view in views(fractions):
             (h_train, _, _), (h_test, p_test, first_i) = o_train[view], o_test[view]
             probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=0.1)).fit(h_train, y_train)

@@ -233,22 +233,29 @@ def frame_accuracy(adapter, rows: pd.DataFrame, clips: dict, frequent: set[str])
     return {k: tuple(v) for k, v in out.items()}
 
 
+def speech_with_word_timings(df: pd.DataFrame, profile, seed: int = 0) -> dict:
+    """id -> (16 kHz waveform, eSpeak NG word timings) of each question, spoken with the
+    pipeline's voice and rate for its id (in this process, not from the clip cache, which
+    keeps no timings)."""
+    from ..audio import pick_voice
+    from .speech import synthesize_words
+
+    return {r.id: synthesize_words(r.text, *pick_voice(r.id, profile.tts.voices, profile.tts.rates, seed))
+            for r in df.itertuples(index=False)}
+
+
 def hearing_table(adapter, questions: pd.DataFrame, profile, n: int, seed: int = 0) -> pd.DataFrame:
     """How well the model hears, per split (train, test) of the split table `questions`:
     transcription WER and the share of audio tokens read right (frame_accuracy) for the 50
     most frequent words of the written training questions and for all other words, on n
     seeded questions per split, each spoken with the pipeline's voice and rate for its id
     (eSpeak NG in this process, with word timings)."""
-    from ..audio import pick_voice
-    from .speech import synthesize_words
-
     frequent = frequent_words(questions.loc[questions["split"] == "train", "text"])
     rows = []
     for split in ("train", "test"):
         part = questions[questions["split"] == split]
         part = part.iloc[np.random.default_rng(seed).permutation(len(part))[:n]].reset_index(drop=True)
-        clips = {r.id: synthesize_words(r.text, *pick_voice(r.id, profile.tts.voices, profile.tts.rates, seed))
-                 for r in part.itertuples(index=False)}
+        clips = speech_with_word_timings(part, profile, seed)
         tr = transcription(adapter, part, {k: w for k, (w, _) in clips.items()})
         acc = frame_accuracy(adapter, part, clips, frequent)
         rows.append({"split": split, "questions": len(part),
