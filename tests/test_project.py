@@ -205,3 +205,32 @@ def test_requirements_lock_pins_every_dependency_within_pyproject_ranges():
         pinned = lock.get(canonicalize_name(req.name))
         assert pinned is not None, f"{req.name} is a dependency but not in requirements.lock"
         assert req.specifier.contains(pinned, prereleases=True), f"lock pins {req.name}=={pinned}, pyproject wants {req.specifier}"
+
+
+def _github_anchor(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading: lower case, punctuation dropped, spaces to hyphens."""
+    import re
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/mini_model.md"])
+def test_relative_links_in_docs_resolve(doc):
+    import re
+    path = REPO_ROOT / doc
+    text = path.read_text()
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    relative = [link for link in links if not re.match(r"[a-z]+://", link)]
+    assert relative, f"{doc} has no relative links to check"
+    for link in relative:
+        target, _, anchor = link.partition("#")
+        target_path = (path.parent / target).resolve() if target else path
+        assert target_path.exists(), f"{doc}: link {link!r} points to a missing file"
+        if anchor:
+            headings = re.findall(r"^#{1,6} (.+)$", target_path.read_text(), flags=re.M)
+            assert anchor in {_github_anchor(h) for h in headings}, f"{doc}: no heading for {link!r}"
+
+
+def test_github_anchor():
+    assert _github_anchor("3. The written path: why only 74% of benign questions are answered") == \
+        "3-the-written-path-why-only-74-of-benign-questions-are-answered"
+    assert _github_anchor("Build time") == "build-time"
