@@ -683,6 +683,17 @@ def check_checkpoint(checkpoint: str | Path, model: str) -> None:
                              f"{key}={value!r}")
 
 
+def checkpoint_kind(checkpoint: str | Path) -> str:
+    """The method a checkpoint was trained with ("rrs", "sft_refusal", ...), from the record
+    rrs.training writes beside the weights; the folder name for checkpoints made elsewhere."""
+    record = Path(checkpoint) / "rrs_checkpoint.json"
+    try:
+        kind = json.loads(record.read_text(encoding="utf-8")).get("kind")
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        kind = None
+    return kind if isinstance(kind, str) and kind else Path(checkpoint).name
+
+
 def _audio_loader(speak_kwargs: dict | None = None):
     cache: dict[str, np.ndarray] = {}
 
@@ -715,7 +726,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--questions", required=True, help="CSV/JSON/JSONL with columns text, label (+ id, audio_path, test_set)")
     ap.add_argument("--modes", default="audio-text,text-only,audio-only", help=f"comma-separated, of {MODES}")
     ap.add_argument("--out", required=True, help="output folder (verdict JSONL files + summary.json)")
-    ap.add_argument("--method", default=None, help="method label (default: vanilla, or the checkpoint folder name)")
+    ap.add_argument("--method", default=None,
+                    help="method label (default: vanilla, or the kind the checkpoint records, e.g. rrs)")
+    ap.add_argument("--revision", default=None, help="hub revision (commit) of --model")
+    ap.add_argument("--trust-remote-code", action="store_true",
+                    help="allow a model that runs code from its hub repository (Qwen-Audio-Chat); pin --revision")
     ap.add_argument("--judge-list", default=None, help="refusal-phrase list (default: the bundled v1)")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=16)
@@ -742,12 +757,12 @@ def run(argv=None) -> dict:
         check_checkpoint(args.adapter, args.model)
 
     from .models import load_adapter  # lazy: heavy imports
-    adapter = load_adapter(args.model)
+    adapter = load_adapter(args.model, revision=args.revision, trust_remote_code=args.trust_remote_code)
     model = None
     if args.adapter:
         from .training import load_trained
         model = load_trained(adapter, args.adapter)
-    method = args.method or (Path(args.adapter).name if args.adapter else "vanilla")
+    method = args.method or (checkpoint_kind(args.adapter) if args.adapter else "vanilla")
     out = Path(args.out)
     rows = evaluate(adapter, questions, modes, method=method, model_id=args.model,
                     load_audio=_audio_loader(), judge=judge, model=model,

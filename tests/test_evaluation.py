@@ -284,7 +284,11 @@ def fake_stack(monkeypatch):
     """Fake rrs.models / rrs.training / rrs.audio modules for the CLI's lazy imports."""
     loaded = {}
     models = types.ModuleType("rrs.models")
-    models.load_adapter = lambda name: loaded.setdefault("adapter", FakeAdapter())
+    def load_adapter(name, **options):
+        loaded["load_options"] = options
+        return loaded.setdefault("adapter", FakeAdapter())
+
+    models.load_adapter = load_adapter
     training = types.ModuleType("rrs.training")
 
     def load_trained(adapter, checkpoint):
@@ -317,6 +321,7 @@ def test_cli_end_to_end_with_checkpoint(tmp_path, fake_stack):
     summary = ev.run(["--model", "fake-lalm", "--adapter", str(ckpt), "--questions", str(qfile),
                       "--modes", "audio-only,text-only", "--out", str(out), "--no-progress"])
     assert fake_stack["checkpoint"] == str(ckpt)
+    assert fake_stack["load_options"] == {"revision": None, "trust_remote_code": False}
     assert summary["method"] == "rrs-epoch1" and summary["judges"] == [{"name": "rrs-refusal-phrases", "version": "1"}]
     saved = json.loads((out / "summary.json").read_text())
     asr = {(m["mode"]): m["value"] for m in saved["metrics"] if m["metric"] == "asr"}
@@ -324,6 +329,21 @@ def test_cli_end_to_end_with_checkpoint(tmp_path, fake_stack):
     verdicts = [json.loads(line) for line in (out / "verdicts.jsonl").read_text().splitlines()]
     assert {v["id"] for v in verdicts} == {"q00000", "q00001"} and {v["test_set"] for v in verdicts} == {"mine"}
     assert not any(p.name.endswith(".tmp") for p in out.iterdir())
+
+
+def test_cli_names_the_method_the_checkpoint_records(tmp_path, fake_stack):
+    qfile = write_csv(tmp_path / "mine.csv", GOOD)
+    ckpt = tmp_path / "epoch_3"
+    ckpt.mkdir()
+    (ckpt / "rrs_checkpoint.json").write_text(json.dumps({"kind": "sft_mixed", "model_id": "fake-lalm"}))
+    args = ["--model", "fake-lalm", "--adapter", str(ckpt), "--questions", str(qfile), "--modes", "text-only",
+            "--no-progress"]
+    assert ev.run(args + ["--out", str(tmp_path / "a")])["method"] == "sft_mixed"
+    assert ev.run(args + ["--out", str(tmp_path / "b"), "--method", "mine", "--revision", "abc123",
+                          "--trust-remote-code"])["method"] == "mine"
+    assert fake_stack["load_options"] == {"revision": "abc123", "trust_remote_code": True}
+    (ckpt / "rrs_checkpoint.json").write_text("not json")
+    assert ev.checkpoint_kind(ckpt) == "epoch_3"
 
 
 def test_cli_reads_json_and_audio_files(tmp_path, fake_stack):
