@@ -17,6 +17,7 @@ import atexit
 import ctypes
 import os
 import pickle
+import signal
 import struct
 import subprocess
 import sys
@@ -162,6 +163,9 @@ def _receive(file):
 def _serve() -> None:
     """The helper process: initialise eSpeak NG, never speak here, and fork one child per
     request, which answers from the untouched state (runs until its stdin closes)."""
+    # Ctrl-C, or Jupyter interrupting its kernel's process group at shutdown, is meant for the
+    # caller; this process ends when the caller closes its stdin (a traceback here only confused)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # answers go to a private copy of stdout; anything printed lands on stderr instead
     answers = os.dup(sys.stdout.fileno())
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())

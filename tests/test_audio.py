@@ -77,6 +77,21 @@ def test_a_crash_while_speaking_comes_back_as_an_error():
         proc.stdin.close()
 
 
+def test_the_helper_process_outlives_an_interrupt_meant_for_its_caller():
+    # Jupyter interrupts its kernel's whole process group at shutdown: the helper must not
+    # die of it (nor print a KeyboardInterrupt traceback into every executed notebook)
+    import os
+    import signal
+    import time
+
+    helper = espeak.fresh_engine()
+    before = audio.speak("one more question", "en-us", 170)
+    os.kill(helper.proc.pid, signal.SIGINT)
+    time.sleep(0.5)
+    assert helper.proc.poll() is None, "the helper process died of SIGINT"
+    assert np.array_equal(audio.speak("one more question", "en-us", 170), before)
+
+
 def test_empty_text_refused():
     with pytest.raises(ValueError, match="empty"):
         audio.speak("  ")
