@@ -683,10 +683,13 @@ def check_checkpoint(checkpoint: str | Path, model: str) -> None:
                              f"{key}={value!r}")
 
 
+CHECKPOINT_RECORD = "rrs_checkpoint.json"  # = rrs.training.CHECKPOINT_META, without importing torch here
+
+
 def checkpoint_kind(checkpoint: str | Path) -> str:
     """The method a checkpoint was trained with ("rrs", "sft_refusal", ...), from the record
     rrs.training writes beside the weights; the folder name for checkpoints made elsewhere."""
-    record = Path(checkpoint) / "rrs_checkpoint.json"
+    record = Path(checkpoint) / CHECKPOINT_RECORD
     try:
         kind = json.loads(record.read_text(encoding="utf-8")).get("kind")
     except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):

@@ -346,6 +346,11 @@ def test_cli_names_the_method_the_checkpoint_records(tmp_path, fake_stack):
     assert ev.checkpoint_kind(ckpt) == "epoch_3"
 
 
+def test_the_checkpoint_record_name_is_the_one_training_writes():
+    from rrs.training import CHECKPOINT_META
+    assert ev.CHECKPOINT_RECORD == CHECKPOINT_META
+
+
 def test_cli_reads_json_and_audio_files(tmp_path, fake_stack):
     import soundfile as sf
     sf.write(tmp_path / "q.wav", np.zeros(8000, dtype=np.float32), 8000)
