@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rrs import stages  # noqa: E402
 from rrs.mini.behaviour import speech_with_word_timings  # noqa: E402
 from rrs.mini.build import encode_audio  # noqa: E402
-from rrs.mini.speech import FRAME_MS, frame_token_labels  # noqa: E402
+from rrs.mini.speech import audio_token_words, frame_token_labels  # noqa: E402
 from rrs.modes import build_input  # noqa: E402
 
 
@@ -53,14 +53,6 @@ def perfect_audio_tokens(audio: torch.Tensor, labels: np.ndarray, embeddings: to
     sel = (labels >= 0) if where is None else (labels >= 0) & where
     out[torch.from_numpy(sel)] = embeddings[torch.from_numpy(labels[sel])].to(out.dtype)
     return out
-
-
-def word_of_audio_token(timing, n_tokens: int, duration_ms: float) -> np.ndarray:
-    """Per audio token (40 ms), the index of the word eSpeak NG was speaking at its centre
-    (-1 before the first word), as in rrs.mini.speech.frame_token_labels."""
-    centres = FRAME_MS * np.arange(n_tokens) + FRAME_MS / 2
-    starts = np.array([ms for _, _, ms in timing], dtype=float)
-    return np.searchsorted(starts, centres, side="right") - 1
 
 
 def views(fractions) -> dict[str, float]:
@@ -85,7 +77,7 @@ def decoder_outputs(adapter, rows: pd.DataFrame, clips: dict, mode: str, seed: i
         heard = encode_audio(model, batch["input_features"].to(model.dtype), batch["feature_attention_mask"])
         duration_ms = 10.0 * int(batch["feature_attention_mask"].sum())
         labels = frame_token_labels(r.text, timing, heard.shape[0], tok, duration_ms=duration_ms)
-        word = word_of_audio_token(timing, heard.shape[0], duration_ms)
+        word, _ = audio_token_words(timing, heard.shape[0], duration_ms)
         # one seeded order of the words per question: perfect_F% makes its first F% perfect,
         # so a larger F keeps every word a smaller one made perfect
         order = np.random.default_rng([seed, i]).permutation(len(timing))

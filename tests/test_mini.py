@@ -338,6 +338,18 @@ def test_frame_token_labels_share_each_words_frames_among_its_tokens(adapter):
     assert labels[10:].tolist() == [-100, -100]              # after the clip's end
 
 
+def test_audio_token_words_follow_the_word_timings():
+    from rrs.mini.speech import audio_token_words
+
+    # words start at 50 and 130 ms, the clip ends at 170 ms; audio tokens are centred at
+    # 20, 60, 100, 140, 180 ms
+    word, position = audio_token_words([(0, 3, 50.0), (4, 8, 130.0)], 5, 170.0)
+    assert word.tolist() == [-1, 0, 0, 1, -1]                # before the first word, after the end
+    assert position.round(3).tolist() == [0.0, 0.125, 0.625, 0.25, 0.0]
+    empty, _ = audio_token_words([], 3, 120.0)
+    assert empty.tolist() == [-1, -1, -1]
+
+
 def test_word_stage_cycles_restart_the_schedule():
     from rrs.mini import build as B
 

@@ -95,15 +95,6 @@ def test_perfect_audio_tokens_replace_only_the_spoken_ones():
     assert torch.equal(some[[0, 2, 3]], audio[[0, 2, 3]]) and torch.equal(some[1], embeddings[2])
 
 
-def test_word_of_audio_token_follows_the_word_timings():
-    import numpy as np
-
-    word_of = _load("hearing_oracle").word_of_audio_token
-    # words start at 50 ms and 130 ms; audio tokens are centred at 20, 60, 100, 140, 180 ms
-    timing = [(0, 3, 50.0), (4, 8, 130.0)]
-    assert word_of(timing, 5, 200.0).tolist() == [-1, 0, 0, 1, 1]
-
-
 def test_hearing_oracle_reports_every_view_per_mode(capsys):
     _load("hearing_oracle").main(["--profile", "ci", "--modes", "audio-only", "--fractions", "0.5"])
     out = capsys.readouterr().out

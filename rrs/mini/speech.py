@@ -49,6 +49,23 @@ def synthesize_words(text: str, voice: str, rate: int) -> tuple[np.ndarray, list
 FRAME_MS = 40  # one audio token of Qwen2-Audio: 10 ms mel hop x conv stride 2 x pooling 2
 
 
+def audio_token_words(words, n_frames: int, duration_ms: float) -> tuple[np.ndarray, np.ndarray]:
+    """(word, position): per audio token (40 ms), the index of the word eSpeak NG was
+    speaking at its centre (-1 before the first word and after duration_ms) and how far
+    through that word the centre lies (0 <= position < 1). A word lasts until the next one
+    starts; `words` are (start char, end char, start ms), in order."""
+    centres = FRAME_MS * np.arange(n_frames) + FRAME_MS / 2
+    starts = np.array([ms for _, _, ms in words], dtype=float)
+    stops = np.append(starts[1:], duration_ms)
+    word = np.searchsorted(starts, centres, side="right") - 1
+    spoken = word >= 0
+    spoken[spoken] = centres[spoken] < stops[word[spoken]]
+    word[~spoken] = -1
+    position = np.zeros(n_frames)
+    position[spoken] = (centres[spoken] - starts[word[spoken]]) / np.maximum(1.0, stops - starts)[word[spoken]]
+    return word, position
+
+
 def frame_token_labels(text: str, words, n_frames: int, tokenizer, duration_ms: float) -> np.ndarray:
     """The text token spoken during each audio token of a clip of text.strip() (-100 where
     none: silence, punctuation). A word's frames are shared evenly among its tokens, in
@@ -56,15 +73,12 @@ def frame_token_labels(text: str, words, n_frames: int, tokenizer, duration_ms: 
     text = text.strip()
     enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
     labels = np.full(n_frames, -100, np.int64)
-    centres = FRAME_MS * np.arange(n_frames) + FRAME_MS / 2
-    for k, (start, end, ms) in enumerate(words):
+    word, position = audio_token_words(words, n_frames, duration_ms)
+    for k, (start, end, _) in enumerate(words):
         ids = [t for t, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]) if start <= a < end or a < start < b]
-        if not ids:
-            continue
-        stop = words[k + 1][2] if k + 1 < len(words) else duration_ms
-        inside = np.flatnonzero((centres >= ms) & (centres < stop))
-        share = (centres[inside] - ms) / max(1.0, stop - ms)
-        labels[inside] = np.asarray(ids)[np.minimum(len(ids) - 1, (share * len(ids)).astype(int))]
+        inside = np.flatnonzero(word == k)
+        if ids and inside.size:
+            labels[inside] = np.asarray(ids)[np.minimum(len(ids) - 1, (position[inside] * len(ids)).astype(int))]
     return labels
 
 
