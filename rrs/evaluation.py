@@ -683,7 +683,7 @@ def check_checkpoint(checkpoint: str | Path, model: str) -> None:
                              f"{key}={value!r}")
 
 
-CHECKPOINT_RECORD = "rrs_checkpoint.json"  # = rrs.training.CHECKPOINT_META, without importing torch here
+CHECKPOINT_RECORD = "rrs_checkpoint.json"  # rrs.training.CHECKPOINT_META (a test keeps them equal)
 
 
 def checkpoint_kind(checkpoint: str | Path) -> str:
