@@ -328,6 +328,35 @@ def summarise(rows: Iterable[dict]) -> pd.DataFrame:
     return pd.DataFrame(out, columns=LONG_COLUMNS)
 
 
+def answers_changed(rows: Iterable[dict], method: str, reference: str) -> pd.DataFrame:
+    """How many questions `method` answers differently from `reference`, per mode and test set.
+
+    Compares per-question rows (as `evaluate` returns them) by (mode, test_set, id): `n` shared
+    questions, `first_tokens_differ` (the response starts differently) and `verdict_differs`
+    (refused by one, answered by the other). Two adapters whose rows coincide here answer alike
+    at the start, whatever their weights.
+    """
+    df = pd.DataFrame(list(rows))
+    key = ["mode", "test_set", "id"]
+    pick = {m: df[df.method == m].set_index(key) for m in (method, reference)}
+    for m, d in pick.items():
+        if d.empty:
+            raise ValueError(f"no rows of method {m!r}")
+        if not d.index.is_unique:
+            raise ValueError(f"method {m!r} has several rows for one (mode, test_set, id)")
+    a, b = pick[method].align(pick[reference], join="inner")
+    if a.empty:
+        raise ValueError(f"methods {method!r} and {reference!r} share no question")
+    same_start = [list(x) == list(y) for x, y in zip(a.first_tokens, b.first_tokens)]
+    out = pd.DataFrame({"first_tokens_differ": np.logical_not(same_start),
+                        "verdict_differs": (a.verdict != b.verdict).to_numpy()}, index=a.index)
+    out = out.groupby(level=["mode", "test_set"], sort=False).agg(
+        n=("verdict_differs", "size"), first_tokens_differ=("first_tokens_differ", "sum"),
+        verdict_differs=("verdict_differs", "sum")).reset_index()
+    return out.assign(method=method, reference=reference)[
+        ["method", "reference", "mode", "test_set", "n", "first_tokens_differ", "verdict_differs"]]
+
+
 def judges_of(rows: Iterable[dict]) -> list[dict]:
     """The distinct judges (name, version) that produced `rows`, for the summary JSON."""
     seen = sorted({(r["judge"], r["judge_version"]) for r in rows})

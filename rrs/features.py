@@ -91,6 +91,21 @@ def i_logit_shift(h: torch.Tensor, delta: torch.Tensor, w_I: torch.Tensor):
     return (h.float() + delta.float()) @ w - base, (h.float() - delta.float()) @ w - base
 
 
+def compare_directions(a: torch.Tensor, b: torch.Tensor) -> dict:
+    """How far apart two safety directions δ_a, δ_b are: features each keeps (non-zero),
+    features both keep, their cosine and |δ_a − δ_b| / |δ_a|. Two masks that differ only in
+    features of near-zero contribution give nearly the same δ, hence nearly the same RRS
+    targets h0 ± δ."""
+    _check_same_size(a, b, "b")
+    a, b = a.float(), b.float()
+    if not a.norm() > 0 or not b.norm() > 0:
+        raise ValueError("a safety direction is all zeros: no feature kept")
+    return {"kept_a": int((a != 0).sum()), "kept_b": int((b != 0).sum()),
+            "kept_both": int(((a != 0) & (b != 0)).sum()),
+            "cosine": float(torch.nn.functional.cosine_similarity(a, b, dim=0)),
+            "relative_difference": float((a - b).norm() / a.norm())}
+
+
 def direction_hash(direction: torch.Tensor, top_m: float | None) -> str:
     """Identifies a mask/direction: sha256 of top_m and δ's float32 bytes (16 hex digits)."""
     h = hashlib.sha256(f"top_m={top_m}".encode())

@@ -16,6 +16,7 @@ TABLES = [
     ("table2_capability", "Table 2 · Benign capability (%)", "07_capability"),
     ("table3_top_m", "Table 3 · Top-m% ablation", "06_ablations"),
     ("table4_structures", "Table 4 · Dataset-structure ablation", "06_ablations"),
+    ("ablation_answer_agreement", "Test answers of each ablation variant that differ from RRS's", "06_ablations"),
     ("table5_data_statistics", "Table 5 · Data statistics", "01_dataset_construction"),
     ("mini_lalm_behaviour", "The vanilla mini model's refusal rates (%)", "00_mini_lalm"),
     ("rrs_representation_shift", "Representation shift after RRS", "04_rrs_training"),

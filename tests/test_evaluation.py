@@ -215,6 +215,30 @@ def test_summarise_hand_made_rows():
     assert set(ev.summarise([_row("benign", False, None)]).metric) == {"over_rejection"}
 
 
+def test_answers_changed_counts_per_mode_and_matches_questions_by_id():
+    def row(method, mode, qid, tokens, verdict):
+        return {"method": method, "mode": mode, "test_set": "t", "id": qid, "first_tokens": tokens,
+                "verdict": verdict}
+    sure, i_cannot, i_wont = ["Sure", ","], ["I", " cannot"], ["I", " won't"]
+    rows = [row("a", "text-only", "q1", sure, "answer"), row("a", "text-only", "q2", i_cannot, "refusal"),
+            row("a", "text-only", "q3", i_wont, "refusal"), row("a", "audio-only", "q1", sure, "answer"),
+            # the reference, in another order: q2 starts differently but is still refused, q3 is answered
+            row("ref", "text-only", "q3", sure, "answer"), row("ref", "text-only", "q2", i_wont, "refusal"),
+            row("ref", "text-only", "q1", sure, "answer"), row("ref", "audio-only", "q1", sure, "answer"),
+            row("other", "text-only", "q1", i_cannot, "refusal")]
+    got = ev.answers_changed(rows, "a", "ref").set_index("mode")
+    assert got.loc["text-only", ["n", "first_tokens_differ", "verdict_differs"]].tolist() == [3, 2, 1]
+    assert got.loc["audio-only", ["n", "first_tokens_differ", "verdict_differs"]].tolist() == [1, 0, 0]
+    assert set(got.method) == {"a"} and set(got.reference) == {"ref"}
+    with pytest.raises(ValueError, match="no rows of method 'missing'"):
+        ev.answers_changed(rows, "missing", "ref")
+    with pytest.raises(ValueError, match="several rows"):
+        ev.answers_changed(rows + [rows[0]], "a", "ref")
+    with pytest.raises(ValueError, match="share no question"):
+        ev.answers_changed([row("a", "text-only", "q1", sure, "answer"),
+                            row("ref", "text-only", "q9", sure, "answer")], "a", "ref")
+
+
 # ------------------------------------------------------------------------ evaluate
 def _evaluate(adapter, out_dir, **kw):
     args = dict(method="vanilla", model_id="fake-lalm", load_audio=load_audio, judge=ev.PhraseJudge(),

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from rrs.features import (SafetyFeatures, contributions, i_logit_shift, mean_difference, rrs_targets,
-                          safety_direction, safety_mask)
+from rrs.features import (SafetyFeatures, compare_directions, contributions, i_logit_shift, mean_difference,
+                          rrs_targets, safety_direction, safety_mask)
 
 T = torch.tensor
 
@@ -96,3 +96,17 @@ def test_safety_features_roundtrip_and_refusal(tmp_path):
         SafetyFeatures.load(path, model_id="other")
     with pytest.raises(ValueError, match="hidden size 3.*has 4"):
         SafetyFeatures.load(path, hidden_size=4)
+
+
+def test_compare_directions():
+    a, b = T([3.0, 4.0, 0.0, 0.0]), T([3.0, 0.0, 0.0, 1.0])
+    got = compare_directions(a, b)
+    assert (got["kept_a"], got["kept_b"], got["kept_both"]) == (2, 2, 1)
+    assert got["cosine"] == pytest.approx(9 / (5 * math.sqrt(10)))
+    assert got["relative_difference"] == pytest.approx(math.sqrt(17) / 5)
+    same = compare_directions(a, a)
+    assert same["cosine"] == pytest.approx(1.0) and same["relative_difference"] == 0
+    with pytest.raises(ValueError, match="all zeros"):
+        compare_directions(a, torch.zeros(4))
+    with pytest.raises(ValueError, match="hidden sizes differ"):
+        compare_directions(a, T([1.0, 2.0]))
