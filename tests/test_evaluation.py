@@ -191,7 +191,7 @@ def test_wilson_interval_known_values():
     assert ev.wilson_interval(10, 10)[1] == 100
     with pytest.raises(ValueError, match="n > 0"):
         ev.wilson_interval(0, 0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="0 <= k <= n"):
         ev.wilson_interval(3, 2)
 
 
