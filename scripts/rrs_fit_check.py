@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import os
 import sys
 import tempfile
@@ -30,8 +31,29 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rrs import stages  # noqa: E402
+from rrs import audio, stages  # noqa: E402
 from rrs.modes import MODES  # noqa: E402
+
+
+def extra_views(items: pd.DataFrame, P, n: int) -> pd.DataFrame:
+    """`n` more rows per spoken item, each the same question in another (voice, rate) of the
+    profile (in a seeded order per question); clips that do not fit the window are skipped."""
+    combos = [(v, r) for v in P.tts.voices for r in P.tts.rates]
+    rows = []
+    for row in items.itertuples(index=False):
+        if getattr(row, "modality", "audio") != "audio":
+            continue
+        others = sorted((c for c in combos if c != (row.voice, int(row.rate))),
+                        key=lambda c: hashlib.sha256(f"{row.id}|{c}".encode()).hexdigest())
+        added = 0
+        for voice, rate in others:
+            if added == n:
+                break
+            path = audio.cached_speech(row.text, voice, rate)
+            if len(audio.load_audio(path)) / audio.SAMPLE_RATE <= P.max_audio_seconds:
+                rows.append(row._replace(voice=voice, rate=rate, audio_path=str(path)))
+                added += 1
+    return pd.DataFrame(rows, columns=items.columns)
 
 
 def main(argv=None) -> None:
@@ -44,6 +66,8 @@ def main(argv=None) -> None:
     ap.add_argument("--rank", type=int, default=None, help="LoRA r (alpha keeps the profile's alpha/r)")
     ap.add_argument("--penalty-weight", type=float, default=None,
                     help="weight of the LoRA penalty in the RRS loss (the paper's: 1)")
+    ap.add_argument("--views", type=int, default=0,
+                    help="extra clips (other voice x rate) of every spoken training question")
     args = ap.parse_args(argv)
     # never touch the committed figures/ and tables/: this script only reads and caches
     os.environ.setdefault("RRS_OUTPUT_ROOT", tempfile.mkdtemp(prefix="rrs-fit-check-"))
@@ -61,11 +85,25 @@ def main(argv=None) -> None:
           f"r {train_cfg.lora_r}, alpha {train_cfg.lora_alpha:g}, penalty weight {train_cfg.penalty_weight:g}",
           flush=True)
 
-    checkpoint = stages.method_checkpoint(adapter, questions, P, args.seed, "rrs")
+    if args.views:
+        from rrs.training import detach_lora, load_trained, train_rrs
+
+        items = stages.training_items(questions, "mirror", args.seed)
+        more = extra_views(items, P, args.views)
+        print(f"training items: {len(items)} + {len(more)} extra views", flush=True)
+        run_dir = Path(tempfile.mkdtemp(prefix="rrs-views-"))
+        train_rrs(adapter, pd.concat([items, more], ignore_index=True),
+                  stages.safety_features(adapter, questions, P, args.seed, progress=False), P.train, run_dir,
+                  args.seed, extract_batch_size=P.eval_batch_size, progress=False)
+        detach_lora(adapter)
+        checkpoint = run_dir / f"epoch_{train_cfg.epochs}"
+    else:
+        checkpoint = stages.method_checkpoint(adapter, questions, P, args.seed, "rrs")
     print(f"checkpoint: {checkpoint}")
     log = pd.DataFrame(stages.training_log(checkpoint))
     print("mean MSE per epoch:", " ".join(f"{e}:{m:.3f}" for e, m in log.groupby("epoch").mse.mean().items()))
-    model = stages.load_method(adapter, questions, P, args.seed, "rrs")
+    model = load_trained(adapter, checkpoint) if args.views else stages.load_method(adapter, questions, P,
+                                                                                   args.seed, "rrs")
 
     rows = []
     for split, table in (("train", stages.train_questions(questions)), ("test", stages.split_questions(questions))):

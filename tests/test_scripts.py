@@ -39,6 +39,33 @@ def test_rrs_fit_check_reports_both_splits_in_every_mode(capsys, tmp_path, monke
     assert not (tmp_path / "out" / "tables").exists(), "the diagnosis must not write tables"
 
 
+def test_rrs_fit_check_trains_on_extra_voices_of_each_spoken_question(capsys, tmp_path, monkeypatch):
+    import pandas as pd
+
+    from rrs import stages
+
+    monkeypatch.setenv("RRS_OUTPUT_ROOT", str(tmp_path / "out"))
+    script = _load("rrs_fit_check")
+    P, _, questions = stages.setup("ci", 0, progress=False)
+    items = stages.training_items(questions, "mirror", 0)
+    more = script.extra_views(items, P, 2)
+    # every extra row is the same question in a voice x rate of the profile other than its own clip's
+    assert len(more) == 2 * len(items)
+    assert set(more.id) == set(items.id) and (more.groupby("id").size() == 2).all()
+    own = items.set_index("id")
+    for row in more.itertuples(index=False):
+        assert row.text == own.loc[row.id, "text"] and row.voice in P.tts.voices and row.rate in P.tts.rates
+        assert (row.voice, row.rate) != (own.loc[row.id, "voice"], own.loc[row.id, "rate"])
+    assert pd.concat([items, more]).audio_path.is_unique
+
+    script.main(["--profile", "ci", "--epochs", "1", "--views", "1"])
+    out = capsys.readouterr().out
+    assert f"training items: {len(items)} + {len(items)} extra views" in out
+    log = stages.training_log(re.search(r"^checkpoint: (.+)$", out, re.M).group(1))
+    steps = -(-2 * len(items) // P.train.batch_size)  # ceil: one epoch over twice the items
+    assert len(log) == steps
+
+
 def test_vocabulary_table_finds_the_one_word_that_decides_the_label():
     import pandas as pd
 
