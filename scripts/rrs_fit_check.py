@@ -97,13 +97,13 @@ def main(argv=None) -> None:
                   args.seed, extract_batch_size=P.eval_batch_size, progress=False)
         detach_lora(adapter)
         checkpoint = run_dir / f"epoch_{train_cfg.epochs}"
+        model = load_trained(adapter, checkpoint)
     else:
         checkpoint = stages.method_checkpoint(adapter, questions, P, args.seed, "rrs")
+        model = stages.load_method(adapter, questions, P, args.seed, "rrs")
     print(f"checkpoint: {checkpoint}")
     log = pd.DataFrame(stages.training_log(checkpoint))
     print("mean MSE per epoch:", " ".join(f"{e}:{m:.3f}" for e, m in log.groupby("epoch").mse.mean().items()))
-    model = load_trained(adapter, checkpoint) if args.views else stages.load_method(adapter, questions, P,
-                                                                                   args.seed, "rrs")
 
     rows = []
     for split, table in (("train", stages.train_questions(questions)), ("test", stages.split_questions(questions))):
