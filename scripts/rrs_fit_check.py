@@ -11,7 +11,10 @@ notebook 04, then reports, for the training split and the test split in every in
 
 and the mean representation loss (MSE) per epoch. A method that separates the training split
 but not the test split has memorised its training clips rather than learned what makes a
-question harmful. Usage (prints; writes only checkpoints and representations to the cache):
+question harmful. Two options widen the training data to see whether more of it helps: `--views N`
+adds N more clips (other voices and rates) of every spoken training question, `--synthetic N` adds
+N spoken questions of the mini build's own synthetic corpus (never a held-out question). Usage
+(prints; writes only checkpoints and representations to the cache):
 
     RRS_DATA_DIR=../shared/data .venv/bin/python scripts/rrs_fit_check.py --epochs 15 [--penalty-weight 0]
 """
@@ -32,6 +35,8 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rrs import audio, stages  # noqa: E402
+from rrs.data import normalise_text  # noqa: E402
+from rrs.mini.corpus import decontaminate, synthetic_questions  # noqa: E402
 from rrs.modes import MODES  # noqa: E402
 
 
@@ -56,6 +61,23 @@ def extra_views(items: pd.DataFrame, P, n: int) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=items.columns)
 
 
+def synthetic_items(questions: pd.DataFrame, P, n: int, seed: int = 0) -> pd.DataFrame:
+    """`n` spoken questions drawn (seeded) from the mini build's own synthetic corpus
+    (rrs.mini.corpus, word lists and templates), none equal to a question outside the training
+    split, as training items of the columns of `stages.training_items`; clips over the window
+    are left out."""
+    held_out = set(questions.loc[questions["split"] != "train", "text"].map(normalise_text))
+    pool, _ = decontaminate(synthetic_questions(seed), held_out)
+    picked = [pool[i] for i in np.random.default_rng(seed).permutation(len(pool))[:n]]
+    rows = pd.DataFrame({"id": [f"synthetic_{i:05d}" for i in range(len(picked))],
+                         "text": [q.text for q in picked], "label": [q.label for q in picked],
+                         "source": [q.source for q in picked], "split": "train"})
+    rows = audio.speak_questions(rows, voices=P.tts.voices, rates=P.tts.rates,
+                                 max_seconds=P.max_audio_seconds, seed=seed, progress=False)
+    rows = rows[rows["fits_window"]].assign(modality="audio").reset_index(drop=True)
+    return rows.reindex(columns=stages.training_items(questions, "mirror", seed).columns, fill_value="")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="mini")
@@ -68,6 +90,8 @@ def main(argv=None) -> None:
                     help="weight of the LoRA penalty in the RRS loss (the paper's: 1)")
     ap.add_argument("--views", type=int, default=0,
                     help="extra clips (other voice x rate) of every spoken training question")
+    ap.add_argument("--synthetic", type=int, default=0,
+                    help="add this many spoken questions of the mini build's synthetic corpus to the training items")
     args = ap.parse_args(argv)
     # never touch the committed figures/ and tables/: this script only reads and caches
     os.environ.setdefault("RRS_OUTPUT_ROOT", tempfile.mkdtemp(prefix="rrs-fit-check-"))
@@ -85,12 +109,15 @@ def main(argv=None) -> None:
           f"r {train_cfg.lora_r}, alpha {train_cfg.lora_alpha:g}, penalty weight {train_cfg.penalty_weight:g}",
           flush=True)
 
-    if args.views:
+    if args.views or args.synthetic:
         from rrs.training import detach_lora, load_trained, train_rrs
 
         items = stages.training_items(questions, "mirror", args.seed)
-        more = extra_views(items, P, args.views)
-        print(f"training items: {len(items)} + {len(more)} extra views", flush=True)
+        parts = [extra_views(items, P, args.views)] if args.views else []
+        parts += [synthetic_items(questions, P, args.synthetic, args.seed)] if args.synthetic else []
+        more = pd.concat(parts, ignore_index=True)
+        print(f"training items: {len(items)} + {len(more)} extra (--views {args.views}, --synthetic {args.synthetic})",
+              flush=True)
         run_dir = Path(tempfile.mkdtemp(prefix="rrs-views-"))
         train_rrs(adapter, pd.concat([items, more], ignore_index=True),
                   stages.safety_features(adapter, questions, P, args.seed, progress=False), P.train, run_dir,

@@ -60,10 +60,38 @@ def test_rrs_fit_check_trains_on_extra_voices_of_each_spoken_question(capsys, tm
 
     script.main(["--profile", "ci", "--epochs", "1", "--views", "1"])
     out = capsys.readouterr().out
-    assert f"training items: {len(items)} + {len(items)} extra views" in out
+    assert f"training items: {len(items)} + {len(items)} extra (--views 1, --synthetic 0)" in out
     log = stages.training_log(re.search(r"^checkpoint: (.+)$", out, re.M).group(1))
     steps = -(-2 * len(items) // P.train.batch_size)  # ceil: one epoch over twice the items
     assert len(log) == steps
+
+
+def test_rrs_fit_check_adds_synthetic_questions_that_no_held_out_question_equals(capsys, tmp_path, monkeypatch):
+    import pandas as pd
+
+    from rrs import stages
+    from rrs.data import normalise_text
+
+    monkeypatch.setenv("RRS_OUTPUT_ROOT", str(tmp_path / "out"))
+    script = _load("rrs_fit_check")
+    P, _, questions = stages.setup("ci", 0, progress=False)
+    items = stages.training_items(questions, "mirror", 0)
+    syn = script.synthetic_items(questions, P, 30, 0)
+    assert list(syn.columns) == list(items.columns) and len(syn) == 30
+    assert set(syn.label) == {"harmful", "benign"} and (syn.modality == "audio").all()
+    assert syn.source.str.startswith("synthetic:").all() and syn.fits_window.all()
+    held_out = set(questions.loc[questions.split != "train", "text"].map(normalise_text))
+    assert not set(syn.text.map(normalise_text)) & held_out
+    assert syn.equals(script.synthetic_items(questions, P, 30, 0))  # seeded
+    # a held-out question that the corpus happens to generate is never drawn
+    clash = questions[questions.split == "test"].head(1).assign(text=syn.text.iloc[0])
+    assert syn.text.iloc[0] not in set(script.synthetic_items(pd.concat([questions, clash]), P, 30, 0).text)
+
+    script.main(["--profile", "ci", "--epochs", "1", "--synthetic", "8"])
+    out = capsys.readouterr().out
+    assert f"training items: {len(items)} + 8 extra (--views 0, --synthetic 8)" in out
+    log = stages.training_log(re.search(r"^checkpoint: (.+)$", out, re.M).group(1))
+    assert len(log) == -(-(len(items) + 8) // P.train.batch_size)
 
 
 def test_vocabulary_table_finds_the_one_word_that_decides_the_label():
