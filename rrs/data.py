@@ -152,8 +152,9 @@ def _check_text(source: str, ident: str, text: str) -> str:
 def load_paper_pairs(root: Path | None = None) -> pd.DataFrame:
     """The paper's 700 harmful questions and their benign twins, paired row by row.
 
-    Some harmful prompts repeat (same prompt, two categories) and 8 of their benign
-    partners differ, so rows are paired by position, not by id.
+    14 harmful ids occur twice (same prompt, two categories) and 8 of their benign partners
+    differ, so rows are paired by position, not by id. Prompts repeat under other ids too
+    (600 distinct harmful prompts in 700 rows): `make_splits` groups them.
     """
     harmful = read_source("rrs_harmful", root)
     benign = read_source("rrs_benign", root)

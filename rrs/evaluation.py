@@ -726,7 +726,17 @@ def checkpoint_kind(checkpoint: str | Path) -> str:
     return kind if isinstance(kind, str) and kind else Path(checkpoint).name
 
 
-def _audio_loader(speak_kwargs: dict | None = None):
+def audio_window_seconds(adapter) -> float | None:
+    """The longest clip the model's feature extractor takes whole (None when it does not say)."""
+    extractor = getattr(getattr(adapter, "processor", None), "feature_extractor", None)
+    n_samples = getattr(extractor, "n_samples", None)
+    return n_samples / getattr(extractor, "sampling_rate", 16_000) if n_samples else None
+
+
+def _audio_loader(speak_kwargs: dict | None = None, max_seconds: float | None = None):
+    """Clips by question id: the row's audio file through rrs.audio.load_audio (checked,
+    resampled with a warning, refused when longer than `max_seconds`), else eSpeak NG speech."""
+    from .audio import load_audio as read_clip
     cache: dict[str, np.ndarray] = {}
 
     def load_audio(row) -> np.ndarray:
@@ -734,14 +744,7 @@ def _audio_loader(speak_kwargs: dict | None = None):
         if key not in cache:
             path = row.get("audio_path") if hasattr(row, "get") else None
             if isinstance(path, str) and path:
-                import soundfile as sf
-                wav, sr = sf.read(path, dtype="float32", always_2d=True)
-                wav = wav.mean(axis=1)
-                if sr != 16_000:
-                    from scipy.signal import resample_poly
-                    g = math.gcd(sr, 16_000)
-                    wav = resample_poly(wav, 16_000 // g, sr // g).astype(np.float32)
-                cache[key] = wav
+                cache[key] = read_clip(path, max_seconds=max_seconds)
             else:
                 from .audio import speak
                 cache[key] = speak(row["text"], **(speak_kwargs or {}))
@@ -788,8 +791,18 @@ def run(argv=None) -> dict:
     if args.adapter:
         check_checkpoint(args.adapter, args.model)
 
+    spoken = [m for m in modes if m != "text-only"]
+    if spoken and "audio_path" in questions.columns:
+        for qid, path in zip(questions["id"], questions["audio_path"]):
+            if isinstance(path, str) and path and not Path(path).is_file():
+                raise FileNotFoundError(f"{args.questions}: question {qid}: no such audio file {path}")
+
     from .models import load_adapter  # lazy: heavy imports
     adapter = load_adapter(args.model, revision=args.revision, trust_remote_code=args.trust_remote_code)
+    load_audio = _audio_loader(max_seconds=audio_window_seconds(adapter))
+    if spoken and "audio_path" in questions.columns:
+        for _, row in questions.iterrows():  # every given clip is read and checked before anything is judged
+            load_audio(row)
     model = None
     if args.adapter:
         from .training import load_trained
@@ -797,7 +810,7 @@ def run(argv=None) -> dict:
     method = args.method or (checkpoint_kind(args.adapter) if args.adapter else "vanilla")
     out = Path(args.out)
     rows = evaluate(adapter, questions, modes, method=method, model_id=args.model,
-                    load_audio=_audio_loader(), judge=judge, model=model,
+                    load_audio=load_audio, judge=judge, model=model,
                     max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, out_dir=out,
                     store_generations=args.store_generations, progress=not args.no_progress,
                     capability=None if args.no_capability else capability_score)
@@ -823,7 +836,7 @@ def main(argv=None) -> int:
     """Entry point (`python -m rrs.evaluation`, `rrs-evaluate`): bad inputs exit with one line."""
     try:
         run(argv)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # OSError: missing files, weights not available offline
         raise SystemExit(f"rrs.evaluation: error: {e}") from e
     return 0
 

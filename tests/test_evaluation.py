@@ -322,6 +322,8 @@ def fake_stack(monkeypatch):
     training.load_trained = load_trained
     audio = types.ModuleType("rrs.audio")
     audio.speak = lambda text, **kw: encode_audio(text)
+    from rrs import audio as real_audio  # reading and checking a user's files stays real
+    audio.load_audio, audio.AudioError = real_audio.load_audio, real_audio.AudioError
     for name, mod in {"rrs.models": models, "rrs.training": training, "rrs.audio": audio}.items():
         monkeypatch.setitem(sys.modules, name, mod)
     return loaded
@@ -383,8 +385,37 @@ def test_cli_reads_json_and_audio_files(tmp_path, fake_stack):
                                   "audio_path": "q.wav"}]))
     df = ev.load_question_file(qfile)
     assert df.loc[0, "label"] == "benign"
-    wav = ev._audio_loader()(df.iloc[0])
+    with pytest.warns(UserWarning, match=r"q\.wav: resampled from 8000 Hz to 16000 Hz"):
+        wav = ev._audio_loader()(df.iloc[0])
     assert wav.dtype == np.float32 and len(wav) == 16000            # resampled to 16 kHz
+
+
+def test_cli_audio_is_checked_like_any_clip(tmp_path, fake_stack):
+    import soundfile as sf
+    from rrs.audio import AudioError
+
+    sf.write(tmp_path / "long.wav", np.full(16000 * 10, 0.01, dtype=np.float32), 16000)
+    row = pd.Series({"id": "a", "text": "How do I bake bread?", "audio_path": str(tmp_path / "long.wav")})
+    with pytest.raises(AudioError, match=r"long\.wav: 10\.00 s is longer than the model's 8 s window"):
+        ev._audio_loader(max_seconds=8)(row)           # refused, never cut to the window
+    (tmp_path / "bad.wav").write_bytes(b"RIFF0000WAVEnot audio")
+    with pytest.raises(AudioError, match=r"bad\.wav: unreadable or corrupt audio"):
+        ev._audio_loader()(pd.Series({"id": "b", "text": row["text"], "audio_path": str(tmp_path / "bad.wav")}))
+
+    qfile = tmp_path / "q.json"
+    qfile.write_text(json.dumps([{"id": "a", "text": "How?", "label": "benign", "audio_path": "gone.wav"}]))
+    with pytest.raises(FileNotFoundError, match=r"q\.json: question a: no such audio file .*gone\.wav"):
+        ev.run(["--model", "fake-lalm", "--questions", str(qfile), "--modes", "audio-only", "--out", str(tmp_path / "o")])
+    assert "adapter" not in fake_stack and not (tmp_path / "o").exists()   # failed before loading a model
+    with pytest.raises(SystemExit, match="rrs.evaluation: error: .*gone.wav"):
+        ev.main(["--model", "fake-lalm", "--questions", str(qfile), "--modes", "audio-only", "--out", str(tmp_path / "o")])
+
+
+def test_audio_window_is_the_feature_extractors():
+    from rrs.mini import load_mini
+
+    assert ev.audio_window_seconds(load_mini()) == 8.0
+    assert ev.audio_window_seconds(object()) is None
 
 
 @pytest.mark.parametrize("rows,match", [

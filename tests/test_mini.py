@@ -157,6 +157,15 @@ def test_load_errors(tmp_path):
     (corrupt / "model.safetensors").write_bytes(bytes(blob))
     with pytest.raises(MiniModelError, match="fails its checksum"):
         load_mini(corrupt)
+    # the generic loader (every stage, --model DIR, the evaluation command) checks it too
+    from rrs.models import load_adapter
+    with pytest.raises(MiniModelError, match="fails its checksum"):
+        load_adapter(str(corrupt))
+
+    garbled = copy("garbled")
+    (garbled / "config.json").write_text("{oops")
+    with pytest.raises(ValueError, match=r"garbled/config\.json: unreadable config\.json"):
+        load_adapter(str(garbled))
 
 
 def test_publish_replaces_a_build_only_when_finished(tmp_path):

@@ -66,13 +66,12 @@ def verify_mini(path: str | Path | None = None, *, check_hashes: bool = True) ->
     return record
 
 
-def load_mini(path: str | Path | None = None, *, device: str = "cpu", dtype: str = "float32",
-              check_hashes: bool = True):
+def load_mini(path: str | Path | None = None, *, device: str = "cpu", dtype: str = "float32"):
     """Verify (see `verify_mini`) and load a mini-LALM as an rrs.models adapter."""
     from ..models import load_adapter
 
     folder = Path(path) if path is not None else MODEL_DIR
-    verify_mini(folder, check_hashes=check_hashes)
+    verify_mini(folder, check_hashes=False)  # a mini-LALM folder at all; load_adapter checks the hashes
     return load_adapter(str(folder.resolve()), device=device, dtype=dtype)
 
 

@@ -452,6 +452,9 @@ def load_adapter(model_id_or_path: str, *, device: str = "cpu", dtype: str = "fl
             if not (spec.path / "config.json").is_file():
                 raise FileNotFoundError(f"{model_id!r} is not built yet: no {spec.path}/config.json. "
                                         "Build it with `rrs-build-mini` (rrs.mini.build).")
+            from ..mini import verify_mini
+
+            verify_mini(spec.path)  # every file against its recorded sha256: a damaged build never loads
             source = str(spec.path)
         else:
             source = model_id
@@ -461,7 +464,17 @@ def load_adapter(model_id_or_path: str, *, device: str = "cpu", dtype: str = "fl
         config = folder / "config.json"
         if not config.is_file():
             raise FileNotFoundError(f"{folder} has no config.json; not a Hugging Face model folder")
-        model_type = json.loads(config.read_text()).get("model_type")
+        try:
+            config_dict = json.loads(config.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{config}: unreadable config.json ({e})") from e
+        if not isinstance(config_dict, dict):
+            raise ValueError(f"{config}: config.json must hold a JSON object")
+        from ..mini import MARKER, RECORD, verify_mini
+
+        if config_dict.get(MARKER) is True and (folder / RECORD).is_file():
+            verify_mini(folder)  # a mini-LALM build: its files must match its build record
+        model_type = config_dict.get("model_type")
         if model_type not in MODEL_TYPES:
             raise ValueError(f"{folder}: model_type {model_type!r} is not supported; "
                              f"supported: {sorted(MODEL_TYPES)}")
@@ -483,7 +496,12 @@ def load_adapter(model_id_or_path: str, *, device: str = "cpu", dtype: str = "fl
         return cls.load(source, model_id=model_id, device=device, dtype=dtype, revision=revision,
                         local_files_only=local_files_only, trust_remote_code=trust_remote_code)
     except OSError as err:
-        if source == model_id and not isinstance(err, ModelNotAvailableError):
+        if isinstance(err, ModelNotAvailableError):
+            raise
+        if Path(source).is_dir():  # a local folder: nothing to download, its files are the problem
+            raise ModelNotAvailableError(f"{source}: the model folder cannot be loaded ({type(err).__name__}: "
+                                         f"{err}); check that its weight files are complete") from err
+        if source == model_id:
             raise ModelNotAvailableError(_missing_weights_message(model_id, revision, err)) from err
         raise
 
