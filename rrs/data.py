@@ -391,6 +391,9 @@ def model_inputs(df: pd.DataFrame, mode: str, *, prompt: str | None = None,
     check_mode(mode)
     if df.empty:
         raise ValueError("no questions to build model inputs from (empty table)")
+    blank = df.loc[df["text"].fillna("").astype(str).str.strip() == "", "id"]
+    if len(blank):
+        raise DataError(f"questions {[str(i) for i in blank[:5]]} have empty text")
     inputs = []
     for row in df.itertuples(index=False):
         wav = None

@@ -1,6 +1,6 @@
 """Evaluation: refusal judges, the mini capability score, generation + verdicts, metrics.
 
-OURS throughout (the paper's judge and test protocol are unknown, see PAPER.md):
+OURS throughout (the paper's judge and test protocol are unknown, see docs/method.md):
 - refusal is judged by a versioned refusal-phrase list (`PhraseJudge`, default) or by a
   pluggable guard / classifier model (`ModelJudge`);
 - ASR = % of harmful questions not refused; over-rejection = % of benign questions
@@ -275,7 +275,7 @@ class SpeechChatBenchmark:
     Subclass with a `name` and `score(adapter, model) -> dict` of metric -> value (0-100),
     e.g. wrapping AIR-Bench chat or VoiceBench: run the benchmark's spoken questions
     through `adapter.generate(..., model=model)` and its own scorer. The paper's
-    capability benchmark is unknown (PAPER.md), so none is bundled.
+    capability benchmark is unknown (docs/method.md), so none is bundled.
     """
 
     name = "speech-chat-benchmark"
@@ -433,6 +433,9 @@ def evaluate(adapter, questions_df: pd.DataFrame, modes: Sequence[str], *, metho
     bad = set(questions_df["label"]) - set(LABELS)
     if bad:
         raise ValueError(f"labels must be harmful or benign; got {sorted(map(str, bad))[:5]}")
+    blank = questions_df.loc[questions_df["text"].fillna("").astype(str).str.strip() == "", "id"]
+    if len(blank):
+        raise ValueError(f"questions {[str(i) for i in blank[:5]]} have empty text")
     audio_modes = [m for m in modes if m != "text-only"]
     if audio_modes and load_audio is None:
         raise ValueError(f"mode {audio_modes[0]!r} needs load_audio")
@@ -647,7 +650,9 @@ def load_question_file(path: str | Path) -> pd.DataFrame:
             df = pd.DataFrame(rio.read_jsonl(path))
         else:
             raise ValueError("unsupported file type; use .csv, .json or .jsonl")
-    except (ValueError, pd.errors.ParserError, json.JSONDecodeError) as e:
+    except pd.errors.ParserError as e:
+        raise ValueError(f"{path}: not a readable CSV, check its quoting (an unclosed \" ?): {e}") from e
+    except (ValueError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: {e}") from e
     if df.empty:
         raise ValueError(f"{path}: no questions in the file")
@@ -657,13 +662,18 @@ def load_question_file(path: str | Path) -> pd.DataFrame:
     df = df.copy()
     df["label"] = df["label"].fillna("").astype(str).str.strip().str.lower()
     bad = df.index[~df["label"].isin(LABELS)]
-    if len(bad):
-        raise ValueError(f"{path}: labels must be harmful or benign; rows {list(bad[:5])} have "
-                         f"{sorted(set(df.loc[bad, 'label']))[:5]}")
+    if len(bad):  # questions are numbered from 1 in messages, as a reader counts them
+        raise ValueError(f"{path}: labels must be harmful or benign; questions {[i + 1 for i in bad[:5]]} "
+                         f"have {sorted(set(df.loc[bad, 'label']))[:5]}")
     df["text"] = df["text"].fillna("").astype(str).str.strip()
     empty = df.index[df["text"] == ""]
     if len(empty):
-        raise ValueError(f"{path}: empty question text in rows {list(empty[:5])}")
+        raise ValueError(f"{path}: empty question text in questions {[i + 1 for i in empty[:5]]} "
+                         "(1 = the first question)")
+    broken = df.index[df["text"].str.contains("\n")]
+    if suffix == ".csv" and len(broken):  # a quote left open swallows the lines after it
+        raise ValueError(f"{path}: the text of question {broken[0] + 1} runs over several lines "
+                         "(an unclosed \" in the CSV?); put each question on one line")
     if "id" in df.columns:
         df["id"] = df["id"].astype(str)
     else:
@@ -790,6 +800,8 @@ def run(argv=None) -> dict:
     judge = PhraseJudge(args.judge_list)
     if args.adapter:
         check_checkpoint(args.adapter, args.model)
+        from .training import check_checkpoint_files
+        check_checkpoint_files(args.adapter)  # complete and unaltered, before a model is loaded
 
     spoken = [m for m in modes if m != "text-only"]
     if spoken and "audio_path" in questions.columns:

@@ -1,4 +1,4 @@
-"""Safety feature selection (PAPER.md "Method", steps 3-6): pure tensor functions.
+"""Safety feature selection (docs/method.md, steps 3-6): pure tensor functions.
 
 h0 are final-norm hidden states of the frozen model at the last input position, [N, H].
 w_I is the LM-head row of the token "I", [H].
@@ -74,7 +74,7 @@ def rrs_targets(h0_harmful: torch.Tensor, h0_benign: torch.Tensor, delta: torch.
     """Step 6: fixed targets from the frozen model: (h0(x) + δ, h0(b) − δ).
 
     `delta` is δ, the masked direction from `safety_direction`. Both h0 use the plain
-    prompt (PAPER.md step 1), not the refusal instruction.
+    prompt (docs/method.md step 1), not the refusal instruction.
     """
     _check_same_size(delta, h0_harmful, "h0_harmful")
     _check_same_size(delta, h0_benign, "h0_benign")
@@ -84,7 +84,7 @@ def rrs_targets(h0_harmful: torch.Tensor, h0_benign: torch.Tensor, delta: torch.
 def i_logit_shift(h: torch.Tensor, delta: torch.Tensor, w_I: torch.Tensor):
     """Change of the "I" logit when δ is added to / subtracted from h: (w_I·(h+δ) − w_I·h,
     w_I·(h−δ) − w_I·h), per row. With δ from positive contributions the first is > 0 and
-    the second < 0 (PAPER.md step 5)."""
+    the second < 0 (docs/method.md step 5)."""
     _check_same_size(delta, h, "h")
     w = w_I.float()
     base = h.float() @ w

@@ -5,6 +5,7 @@ representations across RRS epochs, epoch 0 = vanilla. The other plots are OURS.
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Sequence
 
@@ -32,13 +33,22 @@ def set_style(context: str = "paper", font_scale: float = 1.1) -> None:
 
 
 def save_figure(fig, name: str, figures_dir: str | Path, provenance: dict) -> dict[str, Path]:
-    """Save `fig` as <name>.png (dpi 150) and <name>.pdf atomically, plus <name>.provenance.json."""
+    """Save `fig` as <name>.png (dpi 150) and <name>.pdf atomically, plus <name>.provenance.json.
+
+    Both files are rendered in memory before either is written, so a figure that fails to
+    render leaves the previous PNG and PDF as they were, never a new one beside an old one.
+    """
     figures_dir = Path(figures_dir)
-    paths = {}
+    rendered = {}
     for fmt, meta in (("png", PNG_METADATA), ("pdf", PDF_METADATA)):
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=fmt, dpi=DPI, metadata=meta, bbox_inches="tight")
+        rendered[fmt] = buffer.getvalue()
+    paths = {}
+    for fmt, blob in rendered.items():
         path = figures_dir / f"{name}.{fmt}"
         with rio.atomic_path(path) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=DPI, metadata=meta, bbox_inches="tight")
+            tmp.write_bytes(blob)
         paths[fmt] = path
     record = dict(provenance)
     record["figure"] = name

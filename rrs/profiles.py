@@ -151,7 +151,7 @@ PAPER = Profile(
     models=("Qwen/Qwen2.5-Omni-7B", "Qwen/Qwen2-Audio-7B-Instruct", "Qwen/Qwen-Audio-Chat"),
     device="cuda",
     dtype="bfloat16",
-    train=TrainConfig(),  # PAPER.md: r=16, alpha=4, dropout 0.1, 10 epochs, lr 5e-5, ...
+    train=TrainConfig(),  # docs/method.md: r=16, alpha=4, dropout 0.1, 10 epochs, lr 5e-5, ...
     eval_batch_size=16,
     max_new_tokens=64,
 )

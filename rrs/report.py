@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import json
 import re
+import textwrap
 from pathlib import Path
 
 from . import io as rio
 from .paths import REPO_ROOT
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+WIDTH = 100  # prose lines of the generated section; tables stay one row per line
 
 # (file stem, title, notebook that makes it)
 TABLES = [
@@ -32,11 +34,12 @@ FIGURES = [
 
 
 def results_markdown(root: Path = REPO_ROOT) -> str:
-    parts = ["All numbers below come from the **`mini` profile** (our miniature audio LLM, trained and "
-             "evaluated on a 2-core CPU by `./run_all.sh`); they are not the paper's numbers, which "
-             "need the 7B models and are not reproduced here. Each table links to the notebook "
-             "that makes it; `tables/results_long.csv` holds every number with n and a 95% "
-             "Wilson interval."]
+    parts = [textwrap.fill(
+        "All numbers below come from the **`mini` profile** (our miniature audio LLM, trained and "
+        "evaluated on a 2-core CPU by `./run_all.sh`); they are not the paper's numbers, which "
+        "need the 7B models and are not reproduced here. Each table links to the notebook "
+        "that makes it; `tables/results_long.csv` holds every number with n and a 95% "
+        "Wilson interval.", WIDTH)]
     summary = root / "results" / "mini" / "summary.json"
     if summary.exists():
         s = json.loads(summary.read_text())
@@ -44,7 +47,8 @@ def results_markdown(root: Path = REPO_ROOT) -> str:
         # write_json sorts keys; `headline_order` (notebook 07) keeps the intended order
         order = [k for k in s.get("headline_order", []) if k in headline]
         keys = order + sorted(k for k in headline if k not in order)
-        lines = [f"- {k.replace('_', ' ')}: {headline[k]}" for k in keys]
+        lines = [textwrap.fill(f"- {k.replace('_', ' ')}: {headline[k]}", WIDTH, subsequent_indent="  ",
+                               break_on_hyphens=False) for k in keys]
         if lines:
             parts.append("**Headline** (from `results/mini/summary.json`):\n\n" + "\n".join(lines))
     for stem, title, notebook in TABLES:

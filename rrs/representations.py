@@ -78,7 +78,7 @@ def question_inputs(items, mode: str, *, prompt: str | None = H0_PROMPT, refusal
 
 def safety_features(adapter, items, *, mode: str = "audio-text", top_m: float | None = None,
                     batch_size: int = 8, progress: bool = True) -> SafetyFeatures:
-    """PAPER.md steps 1-5 on `items` (DataFrame: id, text, label, audio): h0_ref of the
+    """docs/method.md steps 1-5 on `items` (DataFrame: id, text, label, audio): h0_ref of the
     harmful questions (H0 prompt + refusal instruction), h0 of the benign ones (H0 prompt),
     then Δ, c, the mask and δ."""
     harmful, benign = items[items.label == "harmful"], items[items.label == "benign"]
@@ -95,7 +95,7 @@ def safety_features(adapter, items, *, mode: str = "audio-text", top_m: float | 
 def linear_probe_accuracy(h_harmful: torch.Tensor, h_benign: torch.Tensor, seed: int = 0) -> float:
     """Stratified 5-fold CV accuracy of a logistic regression separating harmful from benign.
 
-    High accuracy = the two sets form separable zones (PAPER.md observation 2)."""
+    High accuracy = the two sets form separable zones (docs/method.md observation 2)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
     from sklearn.pipeline import make_pipeline

@@ -37,7 +37,7 @@ from .modes import H0_PROMPT, MODES, REFUSAL_INSTRUCTION, TRAINING_PROMPTS, chec
 from .paths import cache_dir
 from .profiles import Profile, get_profile
 
-FEATURES_MODE = "audio-text"  # PAPER.md: Δ is read from the spoken questions + the H0 prompt
+FEATURES_MODE = "audio-text"  # docs/method.md: Δ is read from the spoken questions + the H0 prompt
 STAGE_RECORD = "stage.json"
 STAGES_FORMAT = 2  # 2: steps on cached decoder inputs (no encoder dropout); bump to invalidate every cached stage artifact
 
@@ -196,7 +196,7 @@ def features_path(adapter, questions: pd.DataFrame, top_m: float | None = None) 
 
 def safety_features(adapter, questions: pd.DataFrame, P, seed: int = 0, top_m: float | None = None, *,
                     progress: bool = True) -> SafetyFeatures:
-    """Δ, c, the mask and δ (PAPER.md steps 1-5) from the training split in audio-text mode:
+    """Δ, c, the mask and δ (docs/method.md steps 1-5) from the training split in audio-text mode:
     h0_ref of the harmful questions (H0 prompt + refusal instruction), h0 of the benign ones
     (H0 prompt). top_m=None keeps the features with c > 0 (the paper's default). Cached
     under cache_dir()/features/ by model fingerprint, training questions and top_m."""
@@ -292,7 +292,7 @@ def rrs_run_dir(adapter, questions: pd.DataFrame, P, seed: int = 0, *, top_m: fl
 
 def rrs_checkpoint(adapter, questions: pd.DataFrame, P, seed: int = 0, *, top_m: float | None = None,
                    structure: str = "mirror", epochs: int | None = None, progress: bool = True) -> Path:
-    """The final epoch folder of an RRS run (LoRA, PAPER.md steps 6-8) with the Top-m% mask
+    """The final epoch folder of an RRS run (LoRA, docs/method.md steps 6-8) with the Top-m% mask
     `top_m` (None: c > 0) on the training items of `structure`, trained with the profile's
     hyper-parameters for `epochs` (None: the profile's) when no complete checkpoint exists;
     an interrupted run is resumed. The adapter is left vanilla (no LoRA attached)."""

@@ -2,7 +2,7 @@
 
 Every number lives once in `tables/results_long.csv` (columns rrs.evaluation.LONG_COLUMNS,
 one row per model x method x mode x test_set x metric); the tables are views of it.
-Table contents are OURS (PAPER.md: the paper's tables could not be read): 1 main results
+Table contents are OURS (docs/method.md: the paper's tables could not be read): 1 main results
 (ASR / over-rejection), 2 speech-chat capability, 3 Top-m% ablation, 4 dataset-structure
 ablation (5, data statistics, comes from rrs.data.statistics).
 """
@@ -94,10 +94,10 @@ def save_table(df: pd.DataFrame, name: str, tables_dir: str | Path, provenance: 
 
 
 # ----------------------------------------------------------------------- long file
-def _check_long(df: pd.DataFrame) -> None:
+def _check_long(df: pd.DataFrame, source: str = "long results") -> None:
     missing = [c for c in LONG_COLUMNS if c not in df.columns]
     if missing:
-        raise ValueError(f"long results lack columns {missing}")
+        raise ValueError(f"{source} lack columns {missing}")
 
 
 def append_long(long_path: str | Path, df: pd.DataFrame) -> pd.DataFrame:
@@ -109,8 +109,11 @@ def append_long(long_path: str | Path, df: pd.DataFrame) -> pd.DataFrame:
     if long_path.exists():
         # round_trip: pandas' default float parser can be off by one ulp, and every merge
         # would then rewrite numbers that did not change
-        old = pd.read_csv(long_path, dtype={k: str for k in KEY}, float_precision="round_trip")
-        _check_long(old)
+        try:
+            old = pd.read_csv(long_path, dtype={k: str for k in KEY}, float_precision="round_trip")
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+            raise ValueError(f"{long_path}: not a readable results CSV ({e}); move it away to start a new one") from e
+        _check_long(old, str(long_path))
         new = pd.concat([old[LONG_COLUMNS], new], ignore_index=True)
     new = new.astype({k: str for k in KEY})
     merged = (new.drop_duplicates(KEY, keep="last").sort_values(KEY, kind="stable")

@@ -1,4 +1,4 @@
-"""RRS fine-tuning (PAPER.md "Method", steps 6-8) and the SFT baselines, with LoRA.
+"""RRS fine-tuning (docs/method.md, steps 6-8) and the SFT baselines, with LoRA.
 
 RRS: targets come from the frozen model, computed once with the LoRA adapter disabled:
 harmful t(x) = h0(x) + δ, benign t(b) = h0(b) − δ, where h0 is read with the H0 prompt.
@@ -39,6 +39,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 
 from . import __version__
 from . import io as rio
@@ -47,7 +48,7 @@ from .modes import H0_PROMPT, TRAINING_PROMPTS, ModelInput, build_input
 from .profiles import Profile, TrainConfig
 
 REFUSAL_TEMPLATE = "I cannot help with that request because it could cause harm."
-# OURS: all start with "I", like the aligned models' refusals (PAPER.md observation 1).
+# OURS: all start with "I", like the aligned models' refusals (docs/method.md observation 1).
 REFUSAL_TEMPLATES = (
     REFUSAL_TEMPLATE,
     "I can't assist with that, because it could be used to hurt people.",
@@ -61,6 +62,13 @@ LOG_FILE = "loss_log.json"
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint or training state made for another model, mask, data or config."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that is incomplete or damaged."""
+
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # what peft's save_pretrained writes
 
 
 # -- data ------------------------------------------------------------------------------
@@ -104,7 +112,7 @@ def training_examples(items, modes: Sequence[str] = ("audio-text",), seed: int =
     `audio_path` is read when there is no `audio`). A row whose `modality` column is
     'text' is used in text-only mode only (the "Parallel" structure's written copy).
     Each example's x̃ gets a prompt drawn from `prompt_pool` with random.Random(seed); its
-    target is read with H0_PROMPT (PAPER.md steps 1, 6, 7).
+    target is read with H0_PROMPT (docs/method.md steps 1, 6, 7).
     """
     if len(items) == 0:
         raise ValueError("no training items")
@@ -194,7 +202,7 @@ def lora_penalty(peft_model) -> torch.Tensor:
 
 
 def rrs_loss(h: torch.Tensor, target: torch.Tensor, penalty: torch.Tensor, weight: float = 1.0):
-    """(loss, mse, penalty) with loss = MSE(h, target) + weight · penalty (PAPER.md step 7)."""
+    """(loss, mse, penalty) with loss = MSE(h, target) + weight · penalty (docs/method.md step 7)."""
     mse = F.mse_loss(h.float(), target.float())
     return mse + weight * penalty, mse, penalty
 
@@ -282,7 +290,33 @@ def read_checkpoint_meta(checkpoint_dir) -> dict:
     path = Path(checkpoint_dir) / CHECKPOINT_META
     if not path.is_file():
         raise FileNotFoundError(f"{checkpoint_dir} is not an rrs checkpoint (no {CHECKPOINT_META})")
-    return json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: unreadable checkpoint record ({e})") from e
+    missing = [k for k in ("kind", "model_id", "base_weights") if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise CheckpointError(f"{path}: not an rrs checkpoint record (lacks {missing})")
+    return meta
+
+
+def _adapter_sha256(checkpoint_dir: Path) -> str:
+    return hashlib.sha256((Path(checkpoint_dir) / "adapter_model.safetensors").read_bytes()).hexdigest()
+
+
+def check_checkpoint_files(checkpoint_dir) -> dict:
+    """The checkpoint's record, once the folder is known to hold a complete, unaltered adapter
+    (its weights' sha256, recorded by `_save_epoch` since 2026-12-01, is added when absent)."""
+    checkpoint_dir = Path(checkpoint_dir)
+    meta = read_checkpoint_meta(checkpoint_dir)
+    missing = [f for f in ADAPTER_FILES if not (checkpoint_dir / f).is_file()]
+    if missing:  # peft would look for them on the hub
+        raise CheckpointError(f"{checkpoint_dir} is an incomplete checkpoint (missing {missing})")
+    weights = _adapter_sha256(checkpoint_dir)
+    if meta.get("adapter_sha256", weights) != weights:
+        raise CheckpointError(f"{checkpoint_dir}/adapter_model.safetensors fails its checksum "
+                              f"(sha256 {weights[:12]}..., recorded {meta['adapter_sha256'][:12]}...)")
+    return {**meta, "adapter_sha256": weights}
 
 
 def _save_epoch(peft_model, out_dir: Path, epoch: int, meta: dict) -> Path:
@@ -290,7 +324,7 @@ def _save_epoch(peft_model, out_dir: Path, epoch: int, meta: dict) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".epoch_{epoch}.", dir=out_dir))
     try:
         peft_model.save_pretrained(tmp, save_embedding_layers=False)  # no hub lookup of the base config
-        rio.write_json(tmp / CHECKPOINT_META, {**meta, "epoch": epoch})
+        rio.write_json(tmp / CHECKPOINT_META, {**meta, "epoch": epoch, "adapter_sha256": _adapter_sha256(tmp)})
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -549,7 +583,7 @@ def load_trained(adapter, checkpoint_dir, features: SafetyFeatures | None = None
     from .models.base import weights_fingerprint
 
     checkpoint_dir = Path(checkpoint_dir)
-    meta = read_checkpoint_meta(checkpoint_dir)
+    meta = check_checkpoint_files(checkpoint_dir)
     detach_lora(adapter)
     if meta["base_weights"] != weights_fingerprint(adapter.model):
         raise CheckpointMismatchError(f"{checkpoint_dir} was trained on {meta['model_id']!r} "
@@ -557,9 +591,12 @@ def load_trained(adapter, checkpoint_dir, features: SafetyFeatures | None = None
     if features is not None:
         _check_meta(meta, {"top_m": features.top_m, "direction_hash": features.direction_hash}, checkpoint_dir,
                     keys=("top_m", "direction_hash"))
-    with _peft_wrapping():
-        peft_model = PeftModel.from_pretrained(adapter.model, str(checkpoint_dir), is_trainable=False).eval()
-    weights = hashlib.sha256((checkpoint_dir / "adapter_model.safetensors").read_bytes()).hexdigest()
+    weights = meta["adapter_sha256"]
+    try:
+        with _peft_wrapping():
+            peft_model = PeftModel.from_pretrained(adapter.model, str(checkpoint_dir), is_trainable=False).eval()
+    except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as e:
+        raise CheckpointError(f"{checkpoint_dir}: the adapter cannot be loaded ({type(e).__name__}: {e})") from e
     peft_model.rrs_fingerprint = f"{meta['kind']}-epoch{meta.get('epoch')}-{weights[:16]}"
     adapter.peft_model = peft_model
     return peft_model

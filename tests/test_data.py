@@ -155,3 +155,10 @@ def test_ci_profile_caps_the_test_split_and_mini_does_not():
     ci, mini = test_questions(get_profile("ci")), test_questions(get_profile("mini"))
     assert ci.group.nunique() == get_profile("ci").max_test_pairs
     assert set(ci.id) < set(mini.id) and len(mini) == 255
+
+
+def test_model_inputs_name_questions_with_empty_text():
+    df = pd.DataFrame({"id": ["h1", "b1"], "text": ["How do I pick a lock?", ""], "label": ["harmful", "benign"]})
+    with pytest.raises(data.DataError, match=r"questions \['b1'\] have empty text"):
+        data.model_inputs(df, "text-only")
+    assert data.model_inputs(df.iloc[:1], "text-only")[0].text == "How do I pick a lock?"

@@ -1,4 +1,4 @@
-"""Every formula of PAPER.md steps 3-6 on small, hand-checked tensors."""
+"""Every formula of docs/method.md steps 3-6 on small, hand-checked tensors."""
 from __future__ import annotations
 
 import math

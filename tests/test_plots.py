@@ -58,6 +58,25 @@ def test_save_figure_failure_keeps_old_file(tmp_path, monkeypatch):
     plt.close(fig)
 
 
+def test_save_figure_writes_both_formats_or_neither(tmp_path, monkeypatch):
+    fig = tsne_fig()
+    plots.save_figure(fig, "f", tmp_path, PROV)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real = fig.savefig
+
+    def pdf_fails(target, format=None, **kw):
+        if format == "pdf":
+            raise RuntimeError("no PDF backend")
+        return real(target, format=format, **kw)
+
+    monkeypatch.setattr(fig, "savefig", pdf_fails)
+    fig.axes[0].set_title("changed")   # a new PNG would differ from the old one
+    with pytest.raises(RuntimeError, match="no PDF backend"):
+        plots.save_figure(fig, "f", tmp_path, PROV)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    plt.close(fig)
+
+
 def test_tsne_colours_harmful_red_benign_blue():
     fig = tsne_fig()
     ax = fig.axes[0]

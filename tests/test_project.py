@@ -96,6 +96,16 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["table.csv"]
 
 
+def test_atomic_write_gives_an_ordinary_files_mode(tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    target = rio.write_text(tmp_path / "table.csv", "x\n")
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask   # not mkstemp's 0600
+
+
 def test_provenance_record(tmp_path):
     record = rio.provenance("mini", "mini-lalm", 0, "abc", notebook="01")
     assert {"profile", "model", "seed", "data_checksum", "git_commit"} <= set(record)

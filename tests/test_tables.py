@@ -96,6 +96,17 @@ def test_append_long_replaces_same_keys_and_sorts(tmp_path):
         tables.append_long(path, pd.DataFrame({"model": ["m"]}))
 
 
+def test_append_long_names_a_broken_results_file(tmp_path):
+    path = tmp_path / "results_long.csv"
+    path.write_text("model,method\nm,rrs\n")
+    with pytest.raises(ValueError, match=r"results_long\.csv lack columns \['mode'"):
+        tables.append_long(path, long_df())
+    path.write_text('model,method\n"m,rrs\n')
+    with pytest.raises(ValueError, match=r"results_long\.csv: not a readable results CSV"):
+        tables.append_long(path, long_df())
+    assert path.read_text() == 'model,method\n"m,rrs\n'   # left as it was
+
+
 def test_append_long_keeps_numbers_it_does_not_replace_to_the_last_digit(tmp_path):
     # pandas' default float parser reads 44.233196687777834 as 44.23319668777784
     path = tmp_path / "results_long.csv"

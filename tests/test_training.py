@@ -1,6 +1,7 @@
 """RRS and SFT training on a tiny Qwen2-Audio: formulas, short runs, resume, refusals."""
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import replace
 
@@ -182,6 +183,48 @@ def test_checkpoint_of_another_model_is_refused(tiny_qwen2_audio_adapter, tiny_o
         train_rrs(other, tiny_items, feats, FAST, tmp_path / "ck", progress=False, resume=True)
     with pytest.raises(ValueError, match="computed for 'tiny-qwen2-audio', not 'tiny-omni'"):
         train_rrs(tiny_omni_adapter, tiny_items, feats, FAST, tmp_path / "omni", progress=False)
+
+
+def test_a_damaged_checkpoint_is_named_not_loaded(tiny_qwen2_audio_adapter, tiny_items, tmp_path, tmp_rrs_cache):
+    import shutil
+
+    from rrs.training import CheckpointError
+
+    adapter = tiny_qwen2_audio_adapter
+    train_rrs(adapter, tiny_items, features_for(adapter, tiny_items), replace(FAST, epochs=1), tmp_path / "ck",
+              progress=False)
+    good = tmp_path / "ck" / "epoch_1"
+    meta = json.loads((good / "rrs_checkpoint.json").read_text())
+    weights = good / "adapter_model.safetensors"
+    assert meta["adapter_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert load_trained(adapter, good).rrs_fingerprint.endswith(meta["adapter_sha256"][:16])
+
+    def damaged(name):
+        folder = tmp_path / name
+        shutil.copytree(good, folder)
+        return folder
+
+    gone = damaged("gone")
+    (gone / "adapter_model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"gone is an incomplete checkpoint \(missing \['adapter_model"):
+        load_trained(adapter, gone)
+    cut = damaged("cut")
+    (cut / "adapter_model.safetensors").write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=r"cut/adapter_model\.safetensors fails its checksum"):
+        load_trained(adapter, cut)
+    # a record without the checksum (made before it was recorded): the loader itself names the damage
+    legacy = json.loads((cut / "rrs_checkpoint.json").read_text())
+    del legacy["adapter_sha256"]
+    (cut / "rrs_checkpoint.json").write_text(json.dumps(legacy))
+    with pytest.raises(CheckpointError, match=r"cut: the adapter cannot be loaded \(SafetensorError"):
+        load_trained(adapter, cut)
+    garbled = damaged("garbled")
+    (garbled / "rrs_checkpoint.json").write_text("{oops")
+    with pytest.raises(CheckpointError, match=r"garbled/rrs_checkpoint\.json: unreadable checkpoint record"):
+        load_trained(adapter, garbled)
+    (garbled / "rrs_checkpoint.json").write_text("[]")
+    with pytest.raises(CheckpointError, match=r"not an rrs checkpoint record \(lacks \['kind'"):
+        load_trained(adapter, garbled)
 
 
 def test_refusal_sft_reduces_cross_entropy(tiny_qwen2_audio_adapter, tiny_items, tmp_path):

@@ -3,7 +3,7 @@
 One `LALMAdapter` wraps one loaded audio LLM and its processor. It turns model-agnostic
 `rrs.modes.ModelInput`s into chat-templated, LEFT-padded batches and reads the vector RRS
 works on: h(x), the output of the LLM's final norm at the last input position, i.e. the
-input of the LM head that gives the first response token (PAPER.md, "Notation"). With
+input of the LM head that gives the first response token (docs/method.md, glossary). With
 left padding, position -1 is the last real token of every row.
 
 Subclasses (qwen2_audio.py, qwen25_omni.py, qwen_audio_chat.py) only say how to build the
@@ -220,7 +220,7 @@ class LALMAdapter:
         return torch.cat(out) if out else torch.empty(0, self.hidden_size)
 
     def refusal_token_id(self) -> int:
-        """Id of "I", the first token of the model's refusals (PAPER.md observation 1)."""
+        """Id of "I", the first token of the model's refusals (docs/method.md observation 1)."""
         ids = self.tokenizer.encode(self.refusal_token, add_special_tokens=False)
         if len(ids) != 1:
             raise ValueError(f"{self.model_id}: {self.refusal_token!r} encodes to {len(ids)} tokens "
