@@ -76,3 +76,61 @@ def update_readme(readme: Path = REPO_ROOT / "README.md", root: Path = REPO_ROOT
     if new != text:
         rio.write_text(readme, new)
     return new != text
+
+
+# ------------------------------------------------------------------- summary.json
+METHOD_NAMES = {"rrs": "RRS", "sft_refusal": "refusal-SFT", "sft_mixed": "mixed-SFT"}
+PAPER_OVER_REJECTION_INCREASE = 0.88  # KNOWN, the paper's abstract: RRS on its models
+
+
+def _signed(x: float) -> str:
+    return f"{x:+.1f}"
+
+
+def make_summary(long, test, *, methods, test_set: str, model: str, profile: str, seed: int,
+                 judge, provenance: dict) -> dict:
+    """`results/<profile>/summary.json`: every method's change from vanilla on `test_set`
+    (ASR and capability per mode, the over-rejection increase averaged over the modes),
+    the vanilla rates, the n behind them, and the headline lines the README shows."""
+    from .modes import MODES
+    from .tables import over_rejection_increase
+
+    if "vanilla" not in methods:
+        raise ValueError("the summary compares every method with 'vanilla', which is not among them")
+    t = test_set
+    value = long.set_index(["method", "mode", "test_set", "metric"])["value"]
+    n_of = test.groupby(["test_set", "label"]).size()
+    numbers = {"test_set": t, "n_harmful": int(n_of[(t, "harmful")]), "n_benign": int(n_of[(t, "benign")])}
+    for m in methods:
+        if m == "vanilla":
+            continue
+        numbers[f"{m}_asr_change"] = {mode: value[(m, mode, t, "asr")] - value[("vanilla", mode, t, "asr")]
+                                      for mode in MODES}
+        numbers[f"{m}_over_rejection_increase"] = over_rejection_increase(long, m, "vanilla", test_set=t, model=model)
+        numbers[f"{m}_capability_change"] = {
+            mode: value[(m, mode, t, "capability")] - value[("vanilla", mode, t, "capability")] for mode in MODES}
+    numbers["vanilla"] = {metric: {mode: value[("vanilla", mode, t, metric)] for mode in MODES}
+                          for metric in ("asr", "over_rejection", "capability")}
+
+    headline = {"model": f"{model} (profile {profile}, seed {seed}); the paper's numbers are not reproduced",
+                "judge": f"{judge.name} v{judge.version} (refusal-phrase list)",
+                "test_set": f"{t}: {numbers['n_harmful']} harmful, {numbers['n_benign']} benign questions"}
+    if "rrs" in methods:
+        asr = numbers["rrs_asr_change"]
+        headline["RRS_ASR_vs_vanilla"] = ", ".join(
+            f"{mode} {numbers['vanilla']['asr'][mode]:.1f} -> {value[('rrs', mode, t, 'asr')]:.1f} % "
+            f"({_signed(asr[mode])} points)" for mode in MODES)
+        headline["RRS_text-only_ASR_change"] = f"{_signed(asr['text-only'])} points"
+    for m in methods:
+        if m != "vanilla":
+            extra = (f" (the paper's abstract: +{PAPER_OVER_REJECTION_INCREASE} for RRS on its models)"
+                     if m == "rrs" else "")
+            headline[f"over-rejection_increase_{METHOD_NAMES.get(m, m)}_vs_vanilla"] = (
+                f"{numbers[f'{m}_over_rejection_increase']:+.2f} points, mean over the three modes{extra}")
+    if "rrs" in methods:
+        headline["RRS_capability_change_vs_vanilla"] = ", ".join(
+            f"{mode} {_signed(numbers['rrs_capability_change'][mode])}" for mode in MODES) + " points"
+    return {"headline": headline, "headline_order": list(headline), "numbers": numbers,
+            "judge": {"name": judge.name, "version": judge.version},
+            "tables": ["table1_main_results", "table2_capability", "table3_top_m", "table4_structures"],
+            "results_long": "tables/results_long.csv", "provenance": provenance}

@@ -238,3 +238,25 @@ def test_readme_headline_keeps_the_summary_order(tmp_path):
                    {"headline": headline, "headline_order": list(headline)})
     text = report.results_markdown(tmp_path)
     assert text.index("- model: mini-lalm") < text.index("- judge:") < text.index("- RRS ASR vs vanilla: x")
+
+
+def test_the_committed_summary_is_made_from_the_committed_results():
+    """results/mini/summary.json is what make_summary gives on tables/results_long.csv: no number
+    of the headline is typed, and the two files come from the same run."""
+    from rrs import report
+    from rrs.evaluation import PhraseJudge
+    from rrs.paths import REPO_ROOT
+
+    committed = json.loads((REPO_ROOT / "results" / "mini" / "summary.json").read_text())
+    long = pd.read_csv(REPO_ROOT / "tables" / "results_long.csv", float_precision="round_trip")
+    n = committed["numbers"]
+    test = pd.DataFrame({"test_set": n["test_set"], "label": ["harmful"] * n["n_harmful"] + ["benign"] * n["n_benign"]})
+    made = report.make_summary(long[long.model == "mini-lalm"], test, methods=["vanilla", "sft_refusal", "sft_mixed", "rrs"],
+                               test_set="paper_test", model="mini-lalm", profile="mini", seed=0, judge=PhraseJudge(),
+                               provenance=committed["provenance"])
+    assert json.loads(json.dumps(made, default=str)) == committed
+    assert made["headline"]["over-rejection_increase_RRS_vs_vanilla"].startswith(
+        f"{made['numbers']['rrs_over_rejection_increase']:+.2f} points")
+    with pytest.raises(ValueError, match="compares every method with 'vanilla'"):
+        report.make_summary(long, test, methods=["rrs"], test_set="paper_test", model="mini-lalm", profile="mini",
+                            seed=0, judge=PhraseJudge(), provenance={})
