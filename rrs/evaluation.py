@@ -651,7 +651,7 @@ def load_question_file(path: str | Path) -> pd.DataFrame:
         else:
             raise ValueError("unsupported file type; use .csv, .json or .jsonl")
     except pd.errors.ParserError as e:
-        raise ValueError(f"{path}: not a readable CSV, check its quoting (an unclosed \" ?): {e}") from e
+        raise ValueError(f"{path}: not a readable CSV ({e}); check its quotes and commas") from e
     except (ValueError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: {e}") from e
     if df.empty:
@@ -659,25 +659,26 @@ def load_question_file(path: str | Path) -> pd.DataFrame:
     for col in ("text", "label"):
         if col not in df.columns:
             raise ValueError(f"{path}: no {col!r} column (columns: {list(df.columns)})")
+    # questions are numbered from 1 in messages, as a reader counts them (and as generated ids)
     df = df.copy()
-    df["label"] = df["label"].fillna("").astype(str).str.strip().str.lower()
-    bad = df.index[~df["label"].isin(LABELS)]
-    if len(bad):  # questions are numbered from 1 in messages, as a reader counts them
-        raise ValueError(f"{path}: labels must be harmful or benign; questions {[i + 1 for i in bad[:5]]} "
-                         f"have {sorted(set(df.loc[bad, 'label']))[:5]}")
     df["text"] = df["text"].fillna("").astype(str).str.strip()
-    empty = df.index[df["text"] == ""]
-    if len(empty):
-        raise ValueError(f"{path}: empty question text in questions {[i + 1 for i in empty[:5]]} "
-                         "(1 = the first question)")
     broken = df.index[df["text"].str.contains("\n")]
     if suffix == ".csv" and len(broken):  # a quote left open swallows the lines after it
         raise ValueError(f"{path}: the text of question {broken[0] + 1} runs over several lines "
                          "(an unclosed \" in the CSV?); put each question on one line")
+    df["label"] = df["label"].fillna("").astype(str).str.strip().str.lower()
+    bad = df.index[~df["label"].isin(LABELS)]
+    if len(bad):
+        raise ValueError(f"{path}: labels must be harmful or benign; questions {[i + 1 for i in bad[:5]]} "
+                         f"have {sorted(set(df.loc[bad, 'label']))[:5]}")
+    empty = df.index[df["text"] == ""]
+    if len(empty):
+        raise ValueError(f"{path}: empty question text in questions {[i + 1 for i in empty[:5]]} "
+                         "(1 = the first question)")
     if "id" in df.columns:
         df["id"] = df["id"].astype(str)
     else:
-        df["id"] = [f"q{i:05d}" for i in range(len(df))]
+        df["id"] = [f"q{i:05d}" for i in range(1, len(df) + 1)]
     dup = df["id"][df["id"].duplicated()]
     if len(dup):
         raise ValueError(f"{path}: duplicate ids {sorted(set(dup))[:5]}")
@@ -727,7 +728,7 @@ CHECKPOINT_RECORD = "rrs_checkpoint.json"  # rrs.training.CHECKPOINT_META (a tes
 
 def checkpoint_kind(checkpoint: str | Path) -> str:
     """The method a checkpoint was trained with ("rrs", "sft_refusal", ...), from the record
-    rrs.training writes beside the weights; the folder name for checkpoints made elsewhere."""
+    rrs.training writes beside the weights; the folder name when that record is unreadable."""
     record = Path(checkpoint) / CHECKPOINT_RECORD
     try:
         kind = json.loads(record.read_text(encoding="utf-8")).get("kind")
@@ -756,8 +757,12 @@ def _audio_loader(speak_kwargs: dict | None = None, max_seconds: float | None = 
             if isinstance(path, str) and path:
                 cache[key] = read_clip(path, max_seconds=max_seconds)
             else:
-                from .audio import speak
-                cache[key] = speak(row["text"], **(speak_kwargs or {}))
+                from .audio import AudioError, speak
+                wav = speak(row["text"], **(speak_kwargs or {}))
+                if max_seconds and len(wav) > max_seconds * 16_000:  # never cut to the window
+                    raise AudioError(f"question {key}: its eSpeak NG speech lasts {len(wav) / 16_000:.2f} s, "
+                                     f"longer than the model's {max_seconds:g} s window")
+                cache[key] = wav
         return cache[key]
 
     return load_audio
@@ -767,7 +772,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m rrs.evaluation",
                                  description="Judge refusals of a model (or a fine-tuned checkpoint) on a question file.")
     ap.add_argument("--model", required=True, help="model id or path understood by rrs.models.load_adapter")
-    ap.add_argument("--adapter", default=None, help="fine-tuned (peft) checkpoint folder of that model")
+    ap.add_argument("--adapter", default=None, help="an epoch folder of an rrs training run of that model (peft adapter + rrs_checkpoint.json)")
     ap.add_argument("--questions", required=True, help="CSV/JSON/JSONL with columns text, label (+ id, audio_path, test_set)")
     ap.add_argument("--modes", default="audio-text,text-only,audio-only", help=f"comma-separated, of {MODES}")
     ap.add_argument("--out", required=True, help="output folder (verdict JSONL files + summary.json)")
@@ -812,8 +817,8 @@ def run(argv=None) -> dict:
     from .models import load_adapter  # lazy: heavy imports
     adapter = load_adapter(args.model, revision=args.revision, trust_remote_code=args.trust_remote_code)
     load_audio = _audio_loader(max_seconds=audio_window_seconds(adapter))
-    if spoken and "audio_path" in questions.columns:
-        for _, row in questions.iterrows():  # every given clip is read and checked before anything is judged
+    if spoken:
+        for _, row in questions.iterrows():  # every clip, given or spoken, is checked before anything is judged
             load_audio(row)
     model = None
     if args.adapter:

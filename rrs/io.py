@@ -11,6 +11,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -39,8 +40,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        if tmp_path.exists():
-            os.chmod(tmp_path, FILE_MODE)
+        if tmp_path.exists():  # a replaced file keeps its mode (e.g. one a user made private)
+            os.chmod(tmp_path, stat.S_IMODE(path.stat().st_mode) if path.exists() else FILE_MODE)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

@@ -98,6 +98,9 @@ def make_summary(long, test, *, methods, test_set: str, model: str, profile: str
     if "vanilla" not in methods:
         raise ValueError("the summary compares every method with 'vanilla', which is not among them")
     t = test_set
+    long = long[long.model == model]
+    if long.empty:
+        raise ValueError(f"the results hold no rows of model {model!r}")
     value = long.set_index(["method", "mode", "test_set", "metric"])["value"]
     n_of = test.groupby(["test_set", "label"]).size()
     numbers = {"test_set": t, "n_harmful": int(n_of[(t, "harmful")]), "n_benign": int(n_of[(t, "benign")])}

@@ -301,7 +301,7 @@ def read_checkpoint_meta(checkpoint_dir) -> dict:
 
 
 def _adapter_sha256(checkpoint_dir: Path) -> str:
-    return hashlib.sha256((Path(checkpoint_dir) / "adapter_model.safetensors").read_bytes()).hexdigest()
+    return rio.sha256_file(Path(checkpoint_dir) / "adapter_model.safetensors")
 
 
 def check_checkpoint_files(checkpoint_dir) -> dict:
@@ -313,9 +313,10 @@ def check_checkpoint_files(checkpoint_dir) -> dict:
     if missing:  # peft would look for them on the hub
         raise CheckpointError(f"{checkpoint_dir} is an incomplete checkpoint (missing {missing})")
     weights = _adapter_sha256(checkpoint_dir)
-    if meta.get("adapter_sha256", weights) != weights:
+    recorded = meta.get("adapter_sha256", weights)
+    if recorded != weights:
         raise CheckpointError(f"{checkpoint_dir}/adapter_model.safetensors fails its checksum "
-                              f"(sha256 {weights[:12]}..., recorded {meta['adapter_sha256'][:12]}...)")
+                              f"(sha256 {weights[:12]}..., recorded {str(recorded)[:12]}...)")
     return {**meta, "adapter_sha256": weights}
 
 
@@ -353,6 +354,7 @@ def _load_lora_weights(peft_model, checkpoint_dir: Path) -> None:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
+    check_checkpoint_files(checkpoint_dir)  # a damaged epoch folder is named, not resumed from
     set_peft_model_state_dict(peft_model, load_file(str(checkpoint_dir / "adapter_model.safetensors")))
 
 

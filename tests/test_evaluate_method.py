@@ -247,16 +247,21 @@ def test_the_committed_summary_is_made_from_the_committed_results():
     from rrs.evaluation import PhraseJudge
     from rrs.paths import REPO_ROOT
 
+    from rrs.data import load_questions
+
     committed = json.loads((REPO_ROOT / "results" / "mini" / "summary.json").read_text())
     long = pd.read_csv(REPO_ROOT / "tables" / "results_long.csv", float_precision="round_trip")
-    n = committed["numbers"]
-    test = pd.DataFrame({"test_set": n["test_set"], "label": ["harmful"] * n["n_harmful"] + ["benign"] * n["n_benign"]})
-    made = report.make_summary(long[long.model == "mini-lalm"], test, methods=["vanilla", "sft_refusal", "sft_mixed", "rrs"],
+    questions = load_questions(test_fraction=get_profile("mini").test_fraction, seed=0)
+    test = ev.select_test_sets(questions, ["paper_test"])
+    made = report.make_summary(long, test, methods=["vanilla", "sft_refusal", "sft_mixed", "rrs"],
                                test_set="paper_test", model="mini-lalm", profile="mini", seed=0, judge=PhraseJudge(),
                                provenance=committed["provenance"])
     assert json.loads(json.dumps(made, default=str)) == committed
     assert made["headline"]["over-rejection_increase_RRS_vs_vanilla"].startswith(
         f"{made['numbers']['rrs_over_rejection_increase']:+.2f} points")
+    with pytest.raises(ValueError, match="no rows of model 'other'"):
+        report.make_summary(long, test, methods=["vanilla", "rrs"], test_set="paper_test", model="other",
+                            profile="mini", seed=0, judge=PhraseJudge(), provenance={})
     with pytest.raises(ValueError, match="compares every method with 'vanilla'"):
         report.make_summary(long, test, methods=["rrs"], test_set="paper_test", model="mini-lalm", profile="mini",
                             seed=0, judge=PhraseJudge(), provenance={})

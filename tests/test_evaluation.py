@@ -374,7 +374,7 @@ def test_cli_end_to_end_with_checkpoint(tmp_path, fake_stack):
     asr = {(m["mode"]): m["value"] for m in saved["metrics"] if m["metric"] == "asr"}
     assert asr == {"audio-only": 0.0, "text-only": 0.0}       # the fake LoRA refuses in every mode
     verdicts = [json.loads(line) for line in (out / "verdicts.jsonl").read_text().splitlines()]
-    assert {v["id"] for v in verdicts} == {"q00000", "q00001"} and {v["test_set"] for v in verdicts} == {"mine"}
+    assert {v["id"] for v in verdicts} == {"q00001", "q00002"} and {v["test_set"] for v in verdicts} == {"mine"}
     assert not any(p.name.endswith(".tmp") for p in out.iterdir())
 
 
@@ -402,6 +402,11 @@ def test_cli_refuses_a_damaged_checkpoint_before_loading_a_model(tmp_path, fake_
     (altered / "adapter_model.safetensors").write_bytes(b"lora weight")
     with pytest.raises(ValueError, match=r"altered/adapter_model\.safetensors fails its checksum"):
         ev.run(base + ["--adapter", str(altered)])
+    unrecorded = fake_checkpoint(tmp_path / "unrecorded")
+    record = json.loads((unrecorded / "rrs_checkpoint.json").read_text())
+    (unrecorded / "rrs_checkpoint.json").write_text(json.dumps({**record, "adapter_sha256": None}))
+    with pytest.raises(ValueError, match=r"unrecorded/adapter_model\.safetensors fails its checksum .*recorded None"):
+        ev.run(base + ["--adapter", str(unrecorded)])
     garbled = fake_checkpoint(tmp_path / "garbled")
     (garbled / "rrs_checkpoint.json").write_text('{"kind": "rrs", ')
     with pytest.raises(ValueError, match=r"garbled/rrs_checkpoint\.json: unreadable checkpoint record"):
@@ -450,6 +455,15 @@ def test_cli_audio_is_checked_like_any_clip(tmp_path, fake_stack):
         ev.main(["--model", "fake-lalm", "--questions", str(qfile), "--modes", "audio-only", "--out", str(tmp_path / "o")])
 
 
+def test_cli_spoken_questions_must_fit_the_window():
+    from rrs.audio import AudioError
+
+    row = pd.Series({"id": "long", "text": "How do I bake bread? " * 30})
+    with pytest.raises(AudioError, match=r"question long: its eSpeak NG speech lasts .* longer than the model's 8 s window"):
+        ev._audio_loader(max_seconds=8)(row)
+    assert len(ev._audio_loader()(row)) > 8 * 16_000          # no window given: not checked
+
+
 def test_audio_window_is_the_feature_extractors():
     from rrs.mini import load_mini
 
@@ -475,7 +489,8 @@ def test_cli_bad_question_files(tmp_path, fake_stack, rows, match):
 
 @pytest.mark.parametrize("body,match", [
     ('text,label\n"How do I bake bread?,benign\nHow?",harmful\n', r"question 1 runs over several lines"),
-    ('text,label\nHow?,benign\n"How do I bake bread?,benign\n', r"not a readable CSV, check its quoting"),
+    ('text,label\nHow?,benign\n"How do I bake bread?,benign\n', r"not a readable CSV .*check its quotes"),
+    ('text,label\nHow?,benign\n"How do I bake bread?,benign\nWhy?,benign\nHow,"\n', r"question 2 runs over several lines"),
 ])
 def test_cli_names_an_unclosed_quote(tmp_path, fake_stack, body, match):
     qfile = tmp_path / "quotes.csv"

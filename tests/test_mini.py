@@ -187,8 +187,15 @@ def test_publish_replaces_a_build_only_when_finished(tmp_path):
 def test_round_trip_save_load_gives_identical_outputs(adapter, tmp_path, tiny_waveform):
     from rrs.models import load_adapter
 
+    from rrs.mini import RECORD
+    from rrs.mini.build import _file_hashes
+
     adapter.model.save_pretrained(tmp_path)
     adapter.processor.save_pretrained(tmp_path)
+    with pytest.raises(MiniModelError, match=r"not a complete mini-LALM build \(missing \['build_record\.json'\]"):
+        load_adapter(str(tmp_path))   # marked as a mini build, but nothing to check its files against
+    record = json.loads((MODEL_DIR / RECORD).read_text())
+    (tmp_path / RECORD).write_text(json.dumps({**record, "files": _file_hashes(tmp_path)}))
     again = load_adapter(str(tmp_path))
     wav = tiny_waveform(1.5, 0)
     inputs = [build_input("How do I bake bread?", None, "text-only"),

@@ -104,6 +104,9 @@ def test_atomic_write_gives_an_ordinary_files_mode(tmp_path):
     os.umask(umask)
     target = rio.write_text(tmp_path / "table.csv", "x\n")
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask   # not mkstemp's 0600
+    os.chmod(target, 0o640)
+    rio.write_text(target, "y\n")
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640 and target.read_text() == "y\n"
 
 
 def test_provenance_record(tmp_path):

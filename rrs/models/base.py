@@ -470,10 +470,10 @@ def load_adapter(model_id_or_path: str, *, device: str = "cpu", dtype: str = "fl
             raise ValueError(f"{config}: unreadable config.json ({e})") from e
         if not isinstance(config_dict, dict):
             raise ValueError(f"{config}: config.json must hold a JSON object")
-        from ..mini import MARKER, RECORD, verify_mini
+        from ..mini import MARKER, verify_mini
 
-        if config_dict.get(MARKER) is True and (folder / RECORD).is_file():
-            verify_mini(folder)  # a mini-LALM build: its files must match its build record
+        if config_dict.get(MARKER) is True:
+            verify_mini(folder)  # a mini-LALM build: complete, and its files match its build record
         model_type = config_dict.get("model_type")
         if model_type not in MODEL_TYPES:
             raise ValueError(f"{folder}: model_type {model_type!r} is not supported; "
