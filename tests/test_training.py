@@ -197,6 +197,13 @@ def test_a_damaged_checkpoint_is_named_not_loaded(tiny_qwen2_audio_adapter, tiny
     meta = json.loads((good / "rrs_checkpoint.json").read_text())
     weights = good / "adapter_model.safetensors"
     assert meta["adapter_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    # resuming a run never continues from damaged weights (checked before load_trained touches the adapter)
+    shutil.copytree(tmp_path / "ck", tmp_path / "resume")
+    resumed = tmp_path / "resume" / "epoch_1" / "adapter_model.safetensors"
+    resumed.write_bytes(resumed.read_bytes()[:-1] + b" ")
+    with pytest.raises(CheckpointError, match=r"resume/epoch_1/adapter_model\.safetensors fails its checksum"):
+        train_rrs(adapter, tiny_items, features_for(adapter, tiny_items), replace(FAST, epochs=2), tmp_path / "resume",
+                  progress=False, resume=True)
     assert load_trained(adapter, good).rrs_fingerprint.endswith(meta["adapter_sha256"][:16])
 
     def damaged(name):
