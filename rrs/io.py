@@ -31,21 +31,51 @@ FILE_MODE = 0o666 & ~_umask()
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success rename it onto `path`."""
-    path = Path(path)
+def _staged(path: Path) -> Iterator[Path]:
+    """A temporary file beside `path`, removed on exit unless it was renamed onto `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        if tmp_path.exists():  # a replaced file keeps its mode (e.g. one a user made private)
-            os.chmod(tmp_path, stat.S_IMODE(path.stat().st_mode) if path.exists() else FILE_MODE)
-        os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _rename_into_place(tmp: Path, path: Path) -> None:
+    if tmp.exists():  # a replaced file keeps its mode (e.g. one a user made private)
+        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode) if path.exists() else FILE_MODE)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success rename it onto `path`."""
+    path = Path(path)
+    with _staged(path) as tmp:
+        yield tmp
+        _rename_into_place(tmp, path)
+
+
+def write_together(contents: dict) -> list[Path]:
+    """Write several files ({path: str or bytes}) as one: each goes to a temporary file first,
+    and all are renamed into place only once every one is written, so a failure (a full disk,
+    an error while writing) leaves the old set as it was, never new files beside old ones."""
+    with contextlib.ExitStack() as stack:
+        staged = []
+        for path, content in contents.items():
+            path = Path(path)
+            tmp = stack.enter_context(_staged(path))
+            if isinstance(content, bytes):
+                tmp.write_bytes(content)
+            else:
+                tmp.write_text(content, encoding="utf-8")
+            staged.append((tmp, path))
+        for tmp, path in staged:
+            _rename_into_place(tmp, path)
+    return [path for _, path in staged]
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -54,8 +84,13 @@ def write_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
+def json_text(obj: Any) -> str:
+    """The project's JSON file layout (sorted keys, so that the same record gives the same bytes)."""
+    return json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+
+
 def write_json(path: str | Path, obj: Any) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    return write_text(path, json_text(obj))
 
 
 def write_jsonl(path: str | Path, rows) -> Path:
@@ -73,6 +108,11 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def sha256_content(content: str | bytes) -> str:
+    """sha256 of what `write_together` / `write_text` put in a file (text as UTF-8)."""
+    return hashlib.sha256(content.encode("utf-8") if isinstance(content, str) else content).hexdigest()
 
 
 def sha256_json(obj: Any) -> str:

@@ -35,8 +35,8 @@ def set_style(context: str = "paper", font_scale: float = 1.1) -> None:
 def save_figure(fig, name: str, figures_dir: str | Path, provenance: dict) -> dict[str, Path]:
     """Save `fig` as <name>.png (dpi 150) and <name>.pdf atomically, plus <name>.provenance.json.
 
-    Both files are rendered in memory before either is written, so a figure that fails to
-    render leaves the previous PNG and PDF as they were, never a new one beside an old one.
+    Both files and the record are made in memory, then written together (rrs.io.write_together):
+    a figure that fails to render, or a failed write, leaves the previous files as they were.
     """
     figures_dir = Path(figures_dir)
     rendered = {}
@@ -44,16 +44,13 @@ def save_figure(fig, name: str, figures_dir: str | Path, provenance: dict) -> di
         buffer = io.BytesIO()
         fig.savefig(buffer, format=fmt, dpi=DPI, metadata=meta, bbox_inches="tight")
         rendered[fmt] = buffer.getvalue()
-    paths = {}
-    for fmt, blob in rendered.items():
-        path = figures_dir / f"{name}.{fmt}"
-        with rio.atomic_path(path) as tmp:
-            tmp.write_bytes(blob)
-        paths[fmt] = path
+    paths = {fmt: figures_dir / f"{name}.{fmt}" for fmt in rendered}
     record = dict(provenance)
     record["figure"] = name
-    record["files"] = {p.name: rio.sha256_file(p) for p in paths.values()}
-    paths["provenance"] = rio.write_provenance(paths["png"], record)
+    record["files"] = {paths[fmt].name: rio.sha256_content(blob) for fmt, blob in rendered.items()}
+    paths["provenance"] = rio.provenance_path(paths["png"])
+    rio.write_together({**{paths[fmt]: blob for fmt, blob in rendered.items()},
+                        paths["provenance"]: rio.json_text(record)})
     return paths
 
 

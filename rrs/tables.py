@@ -70,8 +70,8 @@ def save_table(df: pd.DataFrame, name: str, tables_dir: str | Path, provenance: 
                float_format: str = "%.1f") -> dict[str, Path]:
     """Write <name>.csv, .md, .tex and <name>.provenance.json under `tables_dir`.
 
-    All three renderings are made in memory first, then each file is written atomically
-    (rrs.io), so a failure leaves the previous table intact and no partial file.
+    All three renderings and the record are made in memory first, then written together
+    (rrs.io.write_together), so a failure leaves the previous table's files as they were.
     `float_format` applies to all three (full precision lives in results_long.csv).
     A non-default index (e.g. from a pivot) is written as leading columns.
     """
@@ -83,13 +83,13 @@ def save_table(df: pd.DataFrame, name: str, tables_dir: str | Path, provenance: 
         "md": to_markdown(df, float_format),
         "tex": to_latex(df, float_format),
     }
-    paths = {}
-    for ext, text in texts.items():
-        paths[ext] = rio.write_text(tables_dir / f"{name}.{ext}", text)
+    paths = {ext: tables_dir / f"{name}.{ext}" for ext in texts}
     record = dict(provenance)
     record["table"] = name
-    record["files"] = {p.name: rio.sha256_file(p) for p in paths.values()}
-    paths["provenance"] = rio.write_provenance(paths["csv"], record)
+    record["files"] = {paths[ext].name: rio.sha256_content(text) for ext, text in texts.items()}
+    paths["provenance"] = rio.provenance_path(paths["csv"])
+    rio.write_together({**{paths[ext]: text for ext, text in texts.items()},
+                        paths["provenance"]: rio.json_text(record)})
     return paths
 
 

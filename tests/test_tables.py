@@ -78,6 +78,22 @@ def test_failure_mid_write_leaves_no_partial_file(tmp_path, monkeypatch):
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before   # no .tmp left either
 
 
+def test_a_failed_later_file_leaves_the_whole_old_table(tmp_path, monkeypatch):
+    tables.save_table(pd.DataFrame({"a": [1.0]}), "t", tmp_path, PROV)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real = Path.write_text
+
+    def markdown_fails(self, text, *a, **k):   # the CSV is written, then the Markdown file fails
+        if self.name.startswith(".t.md."):
+            raise OSError("disk full")
+        return real(self, text, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", markdown_fails)
+    with pytest.raises(OSError, match="disk full"):
+        tables.save_table(pd.DataFrame({"a": [2.0, 3.0]}), "t", tmp_path, PROV)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before   # no new CSV beside the old rest
+
+
 def test_append_long_replaces_same_keys_and_sorts(tmp_path):
     path = tmp_path / "tables" / "results_long.csv"
     tables.append_long(path, long_df(methods=("vanilla",)))
