@@ -382,6 +382,13 @@ def prepare_dataset(profile, seed: int = 0, progress: bool = True) -> pd.DataFra
     return df
 
 
+def check_texts(df: pd.DataFrame) -> None:
+    """Raise DataError naming the questions (by id) of a table whose text is empty."""
+    blank = df.loc[df["text"].fillna("").astype(str).str.strip() == "", "id"]
+    if len(blank):
+        raise DataError(f"questions {[str(i) for i in blank[:5]]} have empty text")
+
+
 def model_inputs(df: pd.DataFrame, mode: str, *, prompt: str | None = None,
                  refusal: bool = False, max_seconds: float | None = None) -> list:
     """ModelInputs (rrs.modes) for every row of a prepared table in one mode."""
@@ -391,9 +398,7 @@ def model_inputs(df: pd.DataFrame, mode: str, *, prompt: str | None = None,
     check_mode(mode)
     if df.empty:
         raise ValueError("no questions to build model inputs from (empty table)")
-    blank = df.loc[df["text"].fillna("").astype(str).str.strip() == "", "id"]
-    if len(blank):
-        raise DataError(f"questions {[str(i) for i in blank[:5]]} have empty text")
+    check_texts(df)
     inputs = []
     for row in df.itertuples(index=False):
         wav = None

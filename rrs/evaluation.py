@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from . import io as rio
+from .data import check_texts
 from .modes import MODES, build_input, check_mode
 
 RESOURCES = Path(__file__).resolve().parent / "resources"
@@ -433,9 +434,7 @@ def evaluate(adapter, questions_df: pd.DataFrame, modes: Sequence[str], *, metho
     bad = set(questions_df["label"]) - set(LABELS)
     if bad:
         raise ValueError(f"labels must be harmful or benign; got {sorted(map(str, bad))[:5]}")
-    blank = questions_df.loc[questions_df["text"].fillna("").astype(str).str.strip() == "", "id"]
-    if len(blank):
-        raise ValueError(f"questions {[str(i) for i in blank[:5]]} have empty text")
+    check_texts(questions_df)
     audio_modes = [m for m in modes if m != "text-only"]
     if audio_modes and load_audio is None:
         raise ValueError(f"mode {audio_modes[0]!r} needs load_audio")
@@ -757,12 +756,9 @@ def _audio_loader(speak_kwargs: dict | None = None, max_seconds: float | None = 
             if isinstance(path, str) and path:
                 cache[key] = read_clip(path, max_seconds=max_seconds)
             else:
-                from .audio import AudioError, speak
-                wav = speak(row["text"], **(speak_kwargs or {}))
-                if max_seconds and len(wav) > max_seconds * 16_000:  # never cut to the window
-                    raise AudioError(f"question {key}: its eSpeak NG speech lasts {len(wav) / 16_000:.2f} s, "
-                                     f"longer than the model's {max_seconds:g} s window")
-                cache[key] = wav
+                from .audio import SAMPLE_RATE, speak, validate
+                cache[key] = validate(speak(row["text"], **(speak_kwargs or {})), SAMPLE_RATE,
+                                      max_seconds=max_seconds, name=f"question {key}: its eSpeak NG speech")
         return cache[key]
 
     return load_audio

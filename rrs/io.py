@@ -161,6 +161,15 @@ def provenance_path(path: str | Path) -> Path:
     return path.with_name(path.stem + ".provenance.json")
 
 
+def write_with_provenance(files: dict, record: dict, beside: str | Path) -> Path:
+    """Write `files` ({path: str or bytes}) and, beside `beside`, their provenance record with
+    each file's sha256, all together (`write_together`); returns the record's path."""
+    record = {**record, "files": {Path(p).name: sha256_content(c) for p, c in files.items()}}
+    record_path = provenance_path(beside)
+    write_together({**files, record_path: json_text(record)})
+    return record_path
+
+
 def write_provenance(path: str | Path, record: dict) -> Path:
     """Write `record` beside `path` (figure or table) as `<stem>.provenance.json`.
 

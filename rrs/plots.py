@@ -45,12 +45,8 @@ def save_figure(fig, name: str, figures_dir: str | Path, provenance: dict) -> di
         fig.savefig(buffer, format=fmt, dpi=DPI, metadata=meta, bbox_inches="tight")
         rendered[fmt] = buffer.getvalue()
     paths = {fmt: figures_dir / f"{name}.{fmt}" for fmt in rendered}
-    record = dict(provenance)
-    record["figure"] = name
-    record["files"] = {paths[fmt].name: rio.sha256_content(blob) for fmt, blob in rendered.items()}
-    paths["provenance"] = rio.provenance_path(paths["png"])
-    rio.write_together({**{paths[fmt]: blob for fmt, blob in rendered.items()},
-                        paths["provenance"]: rio.json_text(record)})
+    paths["provenance"] = rio.write_with_provenance({paths[fmt]: blob for fmt, blob in rendered.items()},
+                                                    {**provenance, "figure": name}, beside=paths["png"])
     return paths
 
 

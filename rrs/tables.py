@@ -84,12 +84,8 @@ def save_table(df: pd.DataFrame, name: str, tables_dir: str | Path, provenance: 
         "tex": to_latex(df, float_format),
     }
     paths = {ext: tables_dir / f"{name}.{ext}" for ext in texts}
-    record = dict(provenance)
-    record["table"] = name
-    record["files"] = {paths[ext].name: rio.sha256_content(text) for ext, text in texts.items()}
-    paths["provenance"] = rio.provenance_path(paths["csv"])
-    rio.write_together({**{paths[ext]: text for ext, text in texts.items()},
-                        paths["provenance"]: rio.json_text(record)})
+    paths["provenance"] = rio.write_with_provenance({paths[ext]: text for ext, text in texts.items()},
+                                                    {**provenance, "table": name}, beside=paths["csv"])
     return paths
 
 
