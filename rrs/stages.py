@@ -14,7 +14,8 @@ so a stale artifact is never returned.
     model = stages.load_method(adapter, questions, P, seed, "rrs")          # peft model
 
 Layout under rrs.paths.cache_dir(): features/<key>.pt and checkpoints/<key>/ (one folder
-per training run: epoch_1 ... epoch_N, training_state.pt, loss_log.json, stage.json).
+per training run: epoch_1 ... epoch_N, training_state.pt, loss_log.json, stage.json and,
+for RRS, epoch_mse.json).
 The epoch count is not part of a run's key: asking for more epochs than a run holds
 resumes it (the learning rate is constant and the batch order depends on (seed, epoch)
 only, so this equals a longer uninterrupted run); asking for fewer returns an earlier
@@ -248,6 +249,19 @@ def training_log(checkpoint: str | Path) -> list[dict]:
     return [row for row in log if row["epoch"] <= epoch]
 
 
+def epoch_mse(checkpoint: str | Path) -> list[dict]:
+    """An RRS run's MSE over its whole training set ({"epoch", "mse", "mse_harmful",
+    "mse_benign"}), epoch 0 (the vanilla model) up to and including the checkpoint's epoch."""
+    from .training import EPOCH_MSE_FILE
+
+    checkpoint = Path(checkpoint)
+    path = checkpoint.parent / EPOCH_MSE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: {checkpoint.parent} is not an RRS run of this rrs version")
+    epoch = _epoch_of(checkpoint)
+    return [row for row in json.loads(path.read_text()) if row["epoch"] <= epoch]
+
+
 def _run(run_dir: Path, record: dict, epochs: int, train, *, retrain_on_mismatch: bool = True) -> Path:
     """Return run_dir/epoch_<epochs>, training (or resuming) only when it is missing."""
     from .training import STATE_FILE, CheckpointMismatchError
@@ -287,7 +301,8 @@ def rrs_run_dir(adapter, questions: pd.DataFrame, P, seed: int = 0, *, top_m: fl
     return cache_dir() / "checkpoints" / _key(
         {"stage": "rrs", "model": model_key(adapter), "top_m": None if top_m is None else float(top_m),
          "direction": features.direction_hash, "structure": structure, "items": items_digest(items),
-         "seed": seed, "train": _train_config(P)})
+         "seed": seed, "train": _train_config(P),
+         "epoch_mse": True})  # runs from before EPOCH_MSE_FILE existed are not reused
 
 
 def rrs_checkpoint(adapter, questions: pd.DataFrame, P, seed: int = 0, *, top_m: float | None = None,
@@ -396,4 +411,4 @@ def load_method(adapter, questions: pd.DataFrame, P, seed: int, method: str, *, 
 
 __all__ = ["METHODS", "MODES", "setup", "safety_features", "training_items", "rrs_checkpoint", "sft_checkpoint",
            "method_checkpoint", "load_method", "representations", "refusal_token_probs", "epoch_checkpoints",
-           "training_log", "split_questions", "train_questions"]
+           "training_log", "epoch_mse", "split_questions", "train_questions"]

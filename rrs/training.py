@@ -58,6 +58,8 @@ REFUSAL_TEMPLATES = (
 CHECKPOINT_META = "rrs_checkpoint.json"
 STATE_FILE = "training_state.pt"
 LOG_FILE = "loss_log.json"
+# RRS only: the MSE over the whole training set, before training (epoch 0) and after each epoch
+EPOCH_MSE_FILE = "epoch_mse.json"
 
 
 class CheckpointMismatchError(ValueError):
@@ -376,28 +378,34 @@ def training_attention():
 
 
 def _fit(adapter, peft_model, examples, step_fn: Callable, *, cfg: TrainConfig, out_dir, seed: int, meta: dict,
-         epochs: int, resume: bool, on_epoch_end, progress: bool, desc: str) -> TrainResult:
-    """The shared loop: seeded shuffling, grad accumulation, clipping, AdamW, checkpoints."""
+         epochs: int, resume: bool, on_epoch_end, progress: bool, desc: str,
+         evaluate: Callable[[], dict] | None = None) -> TrainResult:
+    """The shared loop: seeded shuffling, grad accumulation, clipping, AdamW, checkpoints.
+
+    `evaluate()` (optional) scores the whole training set; it runs before the first epoch and
+    after each one, and its rows ({"epoch": e, ...}) go to EPOCH_MSE_FILE."""
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    state_path, start, log = out_dir / STATE_FILE, 1, []
+    state_path, start, log, evals = out_dir / STATE_FILE, 1, [], []
     if resume and state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=False)
         _check_meta(state["meta"], meta, state_path)
         _load_lora_weights(peft_model, out_dir / f"epoch_{state['epoch']}")
         opt.load_state_dict(state["optimizer"])
         _set_rng_state(state["rng"])
-        start, log = state["epoch"] + 1, state["log"]
+        start, log, evals = state["epoch"] + 1, state["log"], state.get("evals", [])
     else:  # a fresh run replaces this folder's earlier checkpoints, never other files
         for old in out_dir.iterdir():
             if re.fullmatch(r"epoch_\d+", old.name) and old.is_dir():
                 shutil.rmtree(old)
-            elif old.name in (STATE_FILE, LOG_FILE):
+            elif old.name in (STATE_FILE, LOG_FILE, EPOCH_MSE_FILE):
                 old.unlink()
+        if evaluate is not None:
+            evals.append({"epoch": 0, **evaluate()})  # the vanilla model: LoRA B starts at zero
 
     n, bs, accum = len(examples), cfg.batch_size, max(1, cfg.grad_accum)
     groups_per_epoch = math.ceil(math.ceil(n / bs) / accum)
@@ -426,10 +434,15 @@ def _fit(adapter, peft_model, examples, step_fn: Callable, *, cfg: TrainConfig, 
             bar.update(1)
             bar.set_postfix({k: f"{v:.4g}" for k, v in terms.items()})
         peft_model.eval()
+        if evaluate is not None:
+            evals.append({"epoch": epoch, **evaluate()})
         _save_epoch(peft_model, out_dir, epoch, meta)
         with rio.atomic_path(state_path) as tmp:
-            torch.save({"epoch": epoch, "meta": meta, "optimizer": opt.state_dict(), "rng": _rng_state(), "log": log}, tmp)
+            torch.save({"epoch": epoch, "meta": meta, "optimizer": opt.state_dict(), "rng": _rng_state(), "log": log,
+                        "evals": evals}, tmp)
         rio.write_json(out_dir / LOG_FILE, log)
+        if evaluate is not None:
+            rio.write_json(out_dir / EPOCH_MSE_FILE, evals)
         if on_epoch_end is not None:
             on_epoch_end(epoch)
     bar.close()
@@ -463,6 +476,9 @@ def train_rrs(adapter, train_items, features: SafetyFeatures, train: TrainConfig
 
     Returns the peft model (left attached to adapter.model, as adapter.peft_model), the
     epoch checkpoints and the loss log ({"epoch", "step", "mse", "penalty", "loss", ...}).
+    The MSE over all examples (and over the harmful / benign ones), with the vanilla model
+    and after each epoch, goes to out_dir/EPOCH_MSE_FILE: per-step losses are of one batch
+    each, and the first epoch's mean already includes most of the training's effect.
     """
     cfg = _train_config(train)
     epochs = cfg.epochs if epochs is None else epochs
@@ -489,16 +505,31 @@ def train_rrs(adapter, train_items, features: SafetyFeatures, train: TrainConfig
                                   len(examples), extract_batch_size or cfg.batch_size, progress,
                                   key=_inputs_key("rrs", examples))
 
-    def step(idx):
+    def last_states(idx):
         if cache is None:
-            h = adapter.last_hidden(adapter.prepare([examples[i].train_input for i in idx]), model=peft_model)
-        else:
-            h = adapter.decoder_states(adapter.collate_decoder_inputs([cache[i] for i in idx]), peft_model)[:, -1]
-        loss, mse, pen = rrs_loss(h, targets[idx], lora_penalty(peft_model), cfg.penalty_weight)
+            return adapter.last_hidden(adapter.prepare([examples[i].train_input for i in idx]), model=peft_model)
+        return adapter.decoder_states(adapter.collate_decoder_inputs([cache[i] for i in idx]), peft_model)[:, -1]
+
+    def step(idx):
+        loss, mse, pen = rrs_loss(last_states(idx), targets[idx], lora_penalty(peft_model), cfg.penalty_weight)
         return loss, {"loss": loss.item(), "mse": mse.item(), "penalty": pen.item()}
 
+    def training_set_mse() -> dict:
+        from tqdm.auto import tqdm
+
+        peft_model.eval()
+        per_example = []
+        with torch.no_grad():
+            for s in tqdm(range(0, len(examples), cfg.batch_size), desc="training-set MSE", disable=not progress,
+                          leave=False, unit="batch"):
+                idx = list(range(s, min(len(examples), s + cfg.batch_size)))
+                per_example.append(((last_states(idx).float() - targets[idx].float()) ** 2).mean(1).cpu())
+        d = torch.cat(per_example)
+        return {"mse": d.mean().item(), "mse_harmful": d[harmful].mean().item(), "mse_benign": d[benign].mean().item()}
+
     return _fit(adapter, peft_model, examples, step, cfg=cfg, out_dir=out_dir, seed=seed, meta=meta, epochs=epochs,
-                resume=resume, on_epoch_end=on_epoch_end, progress=progress, desc=f"RRS {adapter.model_id}")
+                resume=resume, on_epoch_end=on_epoch_end, progress=progress, desc=f"RRS {adapter.model_id}",
+                evaluate=training_set_mse)
 
 
 # -- SFT baselines ---------------------------------------------------------------------

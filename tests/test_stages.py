@@ -111,6 +111,12 @@ def test_more_epochs_resume_and_fewer_reuse(adapter, questions, P, monkeypatch):
     log = stages.training_log(second)
     assert {r["epoch"] for r in log} == {1, 2} and {"mse", "penalty"} <= set(log[0])
     assert {r["epoch"] for r in stages.training_log(first)} == {1}
+    # the whole-training-set MSE: epoch 0 (vanilla) on, carried over the resume, cut at the epoch asked
+    assert [r["epoch"] for r in stages.epoch_mse(second)] == [0, 1, 2]
+    assert stages.epoch_mse(first) == stages.epoch_mse(second)[:2]
+    (first.parent / "epoch_mse.json").unlink()
+    with pytest.raises(FileNotFoundError, match="epoch_mse.json is missing"):
+        stages.epoch_mse(first)
 
 
 def test_interrupted_run_is_resumed(adapter, questions, P, monkeypatch):

@@ -123,6 +123,22 @@ def test_rrs_run_reduces_mse_and_writes_checkpoints(tiny_qwen2_audio_adapter, ti
     # the trained model's representations moved; loading a checkpoint reproduces them
     trained = adapter.hidden_states(inputs, progress=False, model=result.peft_model)
     assert not torch.allclose(trained, vanilla, atol=1e-3)
+    # the whole-training-set MSE, recomputed here from the targets: vanilla (epoch 0) and epoch 3
+    examples = training_examples(tiny_items)
+    harmful = torch.tensor([e.label == "harmful" for e in examples])
+    t_h, t_b = compute_targets(adapter, [e.h0_input for e in examples if e.label == "harmful"],
+                               [e.h0_input for e in examples if e.label == "benign"], feats.direction, progress=False)
+    targets = torch.empty_like(vanilla)
+    targets[harmful], targets[~harmful] = t_h, t_b
+    rows = json.loads((tmp_path / "rrs" / "epoch_mse.json").read_text())
+    assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
+    for row, h in ((rows[0], vanilla), (rows[3], trained)):
+        d = ((h - targets) ** 2).mean(1)
+        assert row["mse"] == pytest.approx(d.mean().item(), rel=1e-5)
+        assert row["mse_harmful"] == pytest.approx(d[harmful].mean().item(), rel=1e-5)
+        assert row["mse_benign"] == pytest.approx(d[~harmful].mean().item(), rel=1e-5)
+    assert rows[0]["mse"] == pytest.approx(mse[0], rel=1e-5)  # one batch holds every example: step 1 saw vanilla
+    assert rows[3]["mse"] < rows[0]["mse"]
     # model=None stays the vanilla model while the trained LoRA is attached
     torch.testing.assert_close(adapter.hidden_states(inputs, progress=False), vanilla)
     model = load_trained(adapter, tmp_path / "rrs" / "epoch_3", features=feats)
@@ -155,6 +171,9 @@ def test_resume_after_interruption_gives_the_same_weights(tiny_items, tmp_path, 
     assert (tmp_path / "cut" / "epoch_1").is_dir() and not (tmp_path / "cut" / "epoch_2").exists()
     resumed = train_rrs(b, tiny_items, feats, cfg, tmp_path / "cut", seed=1, progress=False, resume=True)
     assert [r["epoch"] for r in resumed.log] == [1, 1, 2, 2]
+    mse_rows = json.loads((tmp_path / "cut" / "epoch_mse.json").read_text())
+    assert [r["epoch"] for r in mse_rows] == [0, 1, 2]
+    assert mse_rows == json.loads((tmp_path / "full" / "epoch_mse.json").read_text())
     got = lora_weights(resumed.peft_model)
     assert got.keys() == full.keys()
     for name in full:
