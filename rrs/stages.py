@@ -241,12 +241,21 @@ def epoch_checkpoints(checkpoint: str | Path) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
+def _run_rows(checkpoint: str | Path, name: str) -> list[dict]:
+    """The rows of the run's JSON file `name`, up to and including the checkpoint's epoch."""
+    checkpoint = Path(checkpoint)
+    path = checkpoint.parent / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: {checkpoint.parent} is not a training run of this rrs version")
+    epoch = _epoch_of(checkpoint)
+    return [row for row in json.loads(path.read_text()) if row["epoch"] <= epoch]
+
+
 def training_log(checkpoint: str | Path) -> list[dict]:
     """The loss log of a checkpoint's run, up to and including the checkpoint's epoch."""
-    checkpoint = Path(checkpoint)
-    log = json.loads((checkpoint.parent / "loss_log.json").read_text())
-    epoch = _epoch_of(checkpoint)
-    return [row for row in log if row["epoch"] <= epoch]
+    from .training import LOG_FILE
+
+    return _run_rows(checkpoint, LOG_FILE)
 
 
 def epoch_mse(checkpoint: str | Path) -> list[dict]:
@@ -254,12 +263,7 @@ def epoch_mse(checkpoint: str | Path) -> list[dict]:
     "mse_benign"}), epoch 0 (the vanilla model) up to and including the checkpoint's epoch."""
     from .training import EPOCH_MSE_FILE
 
-    checkpoint = Path(checkpoint)
-    path = checkpoint.parent / EPOCH_MSE_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: {checkpoint.parent} is not an RRS run of this rrs version")
-    epoch = _epoch_of(checkpoint)
-    return [row for row in json.loads(path.read_text()) if row["epoch"] <= epoch]
+    return _run_rows(checkpoint, EPOCH_MSE_FILE)
 
 
 def _run(run_dir: Path, record: dict, epochs: int, train, *, retrain_on_mismatch: bool = True) -> Path:

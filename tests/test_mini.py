@@ -129,29 +129,24 @@ def test_load_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="rrs.mini.build"):
         load_mini(tmp_path / "nowhere")
 
-    def copy(name):
-        dst = tmp_path / name
-        shutil.copytree(MODEL_DIR, dst)
-        return dst
-
-    incomplete = copy("incomplete")
+    incomplete = shutil.copytree(MODEL_DIR, tmp_path / "incomplete")
     (incomplete / "model.safetensors").unlink()
     with pytest.raises(MiniModelError, match="not a complete mini-LALM"):
         load_mini(incomplete)
 
-    unfinished = copy("unfinished")  # what a crash before the record would leave
+    unfinished = shutil.copytree(MODEL_DIR, tmp_path / "unfinished")  # what a crash before the record would leave
     (unfinished / "build_record.json").unlink()
     with pytest.raises(MiniModelError, match="missing"):
         load_mini(unfinished)
 
-    wrong = copy("wrong")
+    wrong = shutil.copytree(MODEL_DIR, tmp_path / "wrong")
     cfg = json.loads((wrong / "config.json").read_text())
     cfg.pop("rrs_mini_lalm")
     (wrong / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(MiniModelError, match="not a mini-LALM config"):
         load_mini(wrong)
 
-    corrupt = copy("corrupt")
+    corrupt = shutil.copytree(MODEL_DIR, tmp_path / "corrupt")
     blob = bytearray((corrupt / "model.safetensors").read_bytes())
     blob[-100] ^= 0xFF
     (corrupt / "model.safetensors").write_bytes(bytes(blob))
@@ -162,7 +157,7 @@ def test_load_errors(tmp_path):
     with pytest.raises(MiniModelError, match="fails its checksum"):
         load_adapter(str(corrupt))
 
-    garbled = copy("garbled")
+    garbled = shutil.copytree(MODEL_DIR, tmp_path / "garbled")
     (garbled / "config.json").write_text("{oops")
     with pytest.raises(ValueError, match=r"garbled/config\.json: unreadable config\.json"):
         load_adapter(str(garbled))

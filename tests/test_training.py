@@ -225,16 +225,11 @@ def test_a_damaged_checkpoint_is_named_not_loaded(tiny_qwen2_audio_adapter, tiny
                   progress=False, resume=True)
     assert load_trained(adapter, good).rrs_fingerprint.endswith(meta["adapter_sha256"][:16])
 
-    def damaged(name):
-        folder = tmp_path / name
-        shutil.copytree(good, folder)
-        return folder
-
-    gone = damaged("gone")
+    gone = shutil.copytree(good, tmp_path / "gone")
     (gone / "adapter_model.safetensors").unlink()
     with pytest.raises(CheckpointError, match=r"gone is an incomplete checkpoint \(missing \['adapter_model"):
         load_trained(adapter, gone)
-    cut = damaged("cut")
+    cut = shutil.copytree(good, tmp_path / "cut")
     (cut / "adapter_model.safetensors").write_bytes(weights.read_bytes()[:100])
     with pytest.raises(CheckpointError, match=r"cut/adapter_model\.safetensors fails its checksum"):
         load_trained(adapter, cut)
@@ -244,7 +239,7 @@ def test_a_damaged_checkpoint_is_named_not_loaded(tiny_qwen2_audio_adapter, tiny
     (cut / "rrs_checkpoint.json").write_text(json.dumps(legacy))
     with pytest.raises(CheckpointError, match=r"cut: the adapter cannot be loaded \(SafetensorError"):
         load_trained(adapter, cut)
-    garbled = damaged("garbled")
+    garbled = shutil.copytree(good, tmp_path / "garbled")
     (garbled / "rrs_checkpoint.json").write_text("{oops")
     with pytest.raises(CheckpointError, match=r"garbled/rrs_checkpoint\.json: unreadable checkpoint record"):
         load_trained(adapter, garbled)
