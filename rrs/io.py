@@ -139,6 +139,17 @@ def git_commit(root: str | Path = REPO_ROOT) -> str:
         return "unknown"
 
 
+def compute_platform() -> dict:
+    """What the last bits of a result depend on besides code, data and seed: torch's version
+    and the kernels it runs (the CPU's instruction set, and the GPU when one is present).
+    The same commit gives byte-identical outputs on one machine, but can differ in a last
+    digit on a CPU with other vector instructions (README, "Reproducibility")."""
+    import torch
+
+    return {"torch": torch.__version__, "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
 def provenance(profile: str, model: str | None, seed: int | None,
                data_checksum: str | None, **extra: Any) -> dict:
     """The record written beside every generated figure and table."""
@@ -151,6 +162,7 @@ def provenance(profile: str, model: str | None, seed: int | None,
         "data_checksum": data_checksum,
         "git_commit": git_commit(),
         "rrs_version": __version__,
+        "platform": compute_platform(),
     }
     record.update(extra)
     return record

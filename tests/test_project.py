@@ -111,7 +111,10 @@ def test_atomic_write_gives_an_ordinary_files_mode(tmp_path):
 
 def test_provenance_record(tmp_path):
     record = rio.provenance("mini", "mini-lalm", 0, "abc", notebook="01")
-    assert {"profile", "model", "seed", "data_checksum", "git_commit"} <= set(record)
+    assert {"profile", "model", "seed", "data_checksum", "git_commit", "platform"} <= set(record)
+    import torch
+
+    assert record["platform"]["torch"] == torch.__version__ and record["platform"]["cpu_kernels"]
     assert record["git_commit"] != ""
     path = rio.write_provenance(tmp_path / "figure1.png", record)
     assert path.name == "figure1.provenance.json"
