@@ -838,7 +838,7 @@ def run(argv=None) -> dict:
         "questions_checksum": rio.sha256_json(questions.drop(columns=["audio_path"], errors="ignore")
                                               .to_dict(orient="records")),
         "max_new_tokens": args.max_new_tokens, "store_generations": args.store_generations,
-        "git_commit": rio.git_commit(),
+        "git_commit": rio.git_commit(), "platform": rio.compute_platform(),
     }
     rio.write_json(out / "summary.json", summary)
     print(long.to_string(index=False))

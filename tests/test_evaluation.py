@@ -371,7 +371,10 @@ def test_cli_end_to_end_with_checkpoint(tmp_path, fake_stack):
     assert fake_stack["checkpoint"] == str(ckpt)
     assert fake_stack["load_options"] == {"revision": None, "trust_remote_code": False}
     assert summary["method"] == "rrs" and summary["judges"] == [{"name": "rrs-refusal-phrases", "version": "1"}]
+    import torch
+
     saved = json.loads((out / "summary.json").read_text())
+    assert saved["git_commit"] and saved["platform"]["torch"] == torch.__version__
     asr = {(m["mode"]): m["value"] for m in saved["metrics"] if m["metric"] == "asr"}
     assert asr == {"audio-only": 0.0, "text-only": 0.0}       # the fake LoRA refuses in every mode
     verdicts = [json.loads(line) for line in (out / "verdicts.jsonl").read_text().splitlines()]
