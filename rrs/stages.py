@@ -15,7 +15,7 @@ so a stale artifact is never returned.
 
 Layout under rrs.paths.cache_dir(): features/<key>.pt and checkpoints/<key>/ (one folder
 per training run: epoch_1 ... epoch_N, training_state.pt, loss_log.json, stage.json and,
-for RRS, epoch_mse.json).
+for an RRS run that records it, epoch_mse.json; the ablation variants of METHODS do not).
 The epoch count is not part of a run's key: asking for more epochs than a run holds
 resumes it (the learning rate is constant and the batch order depends on (seed, epoch)
 only, so this equals a longer uninterrupted run); asking for fewer returns an earlier
@@ -42,17 +42,19 @@ FEATURES_MODE = "audio-text"  # docs/method.md: Δ is read from the spoken quest
 STAGE_RECORD = "stage.json"
 STAGES_FORMAT = 2  # 2: steps on cached decoder inputs (no encoder dropout); bump to invalidate every cached stage artifact
 
-# method name -> how its checkpoint is made (notebooks 05-07 use these names)
+# method name -> how its checkpoint is made (notebooks 05-07 use these names). The ablation
+# variants skip the per-epoch training-set MSE: no notebook shows it, and it cost about
+# 2.5 of notebook 06's 16 minutes on a slow day
 METHODS: dict[str, dict | None] = {
     "vanilla": None,
     "rrs": {"kind": "rrs", "top_m": None, "structure": "mirror"},
     "sft_refusal": {"kind": "sft", "sft": "refusal"},
     "sft_mixed": {"kind": "sft", "sft": "mixed"},
-    "rrs_top12.5": {"kind": "rrs", "top_m": 12.5, "structure": "mirror"},
-    "rrs_top25": {"kind": "rrs", "top_m": 25.0, "structure": "mirror"},
-    "rrs_top50": {"kind": "rrs", "top_m": 50.0, "structure": "mirror"},
-    "rrs_basic": {"kind": "rrs", "top_m": None, "structure": "basic"},
-    "rrs_parallel": {"kind": "rrs", "top_m": None, "structure": "parallel"},
+    "rrs_top12.5": {"kind": "rrs", "top_m": 12.5, "structure": "mirror", "record_mse": False},
+    "rrs_top25": {"kind": "rrs", "top_m": 25.0, "structure": "mirror", "record_mse": False},
+    "rrs_top50": {"kind": "rrs", "top_m": 50.0, "structure": "mirror", "record_mse": False},
+    "rrs_basic": {"kind": "rrs", "top_m": None, "structure": "basic", "record_mse": False},
+    "rrs_parallel": {"kind": "rrs", "top_m": None, "structure": "parallel", "record_mse": False},
 }
 SFT_KINDS = ("refusal", "mixed")
 
@@ -263,6 +265,9 @@ def epoch_mse(checkpoint: str | Path) -> list[dict]:
     "mse_benign"}), epoch 0 (the vanilla model) up to and including the checkpoint's epoch."""
     from .training import EPOCH_MSE_FILE
 
+    meta = json.loads((Path(checkpoint) / "rrs_checkpoint.json").read_text())
+    if meta.get("record_mse") is False:
+        raise FileNotFoundError(f"{checkpoint} was trained with record_mse=False: its run has no {EPOCH_MSE_FILE}")
     return _run_rows(checkpoint, EPOCH_MSE_FILE)
 
 
@@ -297,7 +302,7 @@ def _epochs(P: Profile, epochs: int | None) -> int:
 
 
 def rrs_run_dir(adapter, questions: pd.DataFrame, P, seed: int = 0, *, top_m: float | None = None,
-                structure: str = "mirror", features: SafetyFeatures | None = None) -> Path:
+                structure: str = "mirror", features: SafetyFeatures | None = None, record_mse: bool = True) -> Path:
     """The cache folder of one RRS training run (see the module docstring)."""
     P = _profile(P)
     features = features or safety_features(adapter, questions, P, seed, top_m)
@@ -306,29 +311,35 @@ def rrs_run_dir(adapter, questions: pd.DataFrame, P, seed: int = 0, *, top_m: fl
         {"stage": "rrs", "model": model_key(adapter), "top_m": None if top_m is None else float(top_m),
          "direction": features.direction_hash, "structure": structure, "items": items_digest(items),
          "seed": seed, "train": _train_config(P),
-         "epoch_mse": True})  # runs from before EPOCH_MSE_FILE existed are not reused
+         # True: the run records epoch_mse.json (runs from before that file existed are not reused)
+         "epoch_mse": record_mse})
 
 
 def rrs_checkpoint(adapter, questions: pd.DataFrame, P, seed: int = 0, *, top_m: float | None = None,
-                   structure: str = "mirror", epochs: int | None = None, progress: bool = True) -> Path:
+                   structure: str = "mirror", epochs: int | None = None, progress: bool = True,
+                   record_mse: bool = True) -> Path:
     """The final epoch folder of an RRS run (LoRA, docs/method.md steps 6-8) with the Top-m% mask
     `top_m` (None: c > 0) on the training items of `structure`, trained with the profile's
     hyper-parameters for `epochs` (None: the profile's) when no complete checkpoint exists;
-    an interrupted run is resumed. The adapter is left vanilla (no LoRA attached)."""
+    an interrupted run is resumed. The adapter is left vanilla (no LoRA attached).
+    `record_mse=False` skips the per-epoch MSE over the whole training set (`epoch_mse`),
+    which costs about a quarter of the training time and does not change the weights; such a
+    run is cached apart from a recording one."""
     from .training import detach_lora, train_rrs
 
     P = _profile(P)
     epochs = _epochs(P, epochs)
     features = safety_features(adapter, questions, P, seed, top_m, progress=progress)
     items = training_items(questions, structure, seed)
-    run_dir = rrs_run_dir(adapter, questions, P, seed, top_m=top_m, structure=structure, features=features)
+    run_dir = rrs_run_dir(adapter, questions, P, seed, top_m=top_m, structure=structure, features=features,
+                          record_mse=record_mse)
     record = {"stage": "rrs", "model_id": adapter.model_id, "top_m": top_m, "structure": structure, "seed": seed,
-              "profile": P.name, "items": len(items), "train": _train_config(P)}
+              "profile": P.name, "items": len(items), "train": _train_config(P), "record_mse": record_mse}
 
     def train(resume: bool):
         try:
             train_rrs(adapter, items, features, P.train, run_dir, seed, epochs=epochs, resume=resume,
-                      extract_batch_size=P.eval_batch_size, progress=progress)
+                      extract_batch_size=P.eval_batch_size, progress=progress, record_mse=record_mse)
         finally:
             detach_lora(adapter)
 
@@ -395,7 +406,7 @@ def method_checkpoint(adapter, questions: pd.DataFrame, P, seed: int, method: st
     if spec["kind"] == "sft":
         return sft_checkpoint(adapter, questions, P, seed, kind=spec["sft"], epochs=epochs, progress=progress)
     return rrs_checkpoint(adapter, questions, P, seed, top_m=spec["top_m"], structure=spec["structure"],
-                          epochs=epochs, progress=progress)
+                          epochs=epochs, progress=progress, record_mse=spec.get("record_mse", True))
 
 
 def load_method(adapter, questions: pd.DataFrame, P, seed: int, method: str, *, epochs: int | None = None,

@@ -276,7 +276,8 @@ def compute_targets(adapter, harmful_inputs_h0: Sequence[ModelInput], benign_inp
 
 # Keys of the checkpoint record that must agree to resume; to load for evaluation only
 # the model (weights fingerprint) and, when given, the mask must agree.
-RESUME_KEYS = ("kind", "model_id", "base_weights", "top_m", "direction_hash", "data_hash", "seed", "train_config")
+RESUME_KEYS = ("kind", "model_id", "base_weights", "top_m", "direction_hash", "data_hash", "seed", "train_config",
+               "record_mse")
 
 
 def _check_meta(found: dict, expected: dict, where, keys=RESUME_KEYS) -> None:
@@ -471,14 +472,16 @@ def _meta(adapter, kind: str, cfg: TrainConfig, seed: int, dhash: str, modes, to
 def train_rrs(adapter, train_items, features: SafetyFeatures, train: TrainConfig | Profile, out_dir, seed: int = 0, *,
               modes: Sequence[str] = ("audio-text",), prompt_pool: Sequence[str] = TRAINING_PROMPTS,
               epochs: int | None = None, resume: bool = False, on_epoch_end: Callable[[int], None] | None = None,
-              extract_batch_size: int | None = None, progress: bool = True) -> TrainResult:
+              extract_batch_size: int | None = None, progress: bool = True, record_mse: bool = True) -> TrainResult:
     """Train RRS LoRA adapters on `train_items` (see `training_examples`) with δ from `features`.
 
     Returns the peft model (left attached to adapter.model, as adapter.peft_model), the
     epoch checkpoints and the loss log ({"epoch", "step", "mse", "penalty", "loss", ...}).
-    The MSE over all examples (and over the harmful / benign ones), with the vanilla model
-    and after each epoch, goes to out_dir/EPOCH_MSE_FILE: per-step losses are of one batch
-    each, and the first epoch's mean already includes most of the training's effect.
+    With `record_mse`, the MSE over all examples (and over the harmful / benign ones), with
+    the vanilla model and after each epoch, goes to out_dir/EPOCH_MSE_FILE: per-step losses
+    are of one batch each, and the first epoch's mean already includes most of the training's
+    effect. Each record is a forward pass over the whole training set, about a quarter of an
+    epoch's time; it does not change the training (no random draws, no gradients).
     """
     cfg = _train_config(train)
     epochs = cfg.epochs if epochs is None else epochs
@@ -490,6 +493,8 @@ def train_rrs(adapter, train_items, features: SafetyFeatures, train: TrainConfig
     examples = training_examples(train_items, modes, seed, prompt_pool)
     detach_lora(adapter)
     meta = _meta(adapter, "rrs", cfg, seed, data_hash(examples), modes, features.top_m, features.direction_hash)
+    if not record_mse:  # named only when off, so the records of runs that keep them stay as they were
+        meta["record_mse"] = False
     peft_model = attach_lora(adapter, lora_config(cfg, adapter.lora_target_pattern), seed)
 
     harmful = [i for i, e in enumerate(examples) if e.label == "harmful"]
@@ -529,7 +534,7 @@ def train_rrs(adapter, train_items, features: SafetyFeatures, train: TrainConfig
 
     return _fit(adapter, peft_model, examples, step, cfg=cfg, out_dir=out_dir, seed=seed, meta=meta, epochs=epochs,
                 resume=resume, on_epoch_end=on_epoch_end, progress=progress, desc=f"RRS {adapter.model_id}",
-                evaluate=training_set_mse)
+                evaluate=training_set_mse if record_mse else None)
 
 
 # -- SFT baselines ---------------------------------------------------------------------

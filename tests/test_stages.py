@@ -92,6 +92,13 @@ def test_rrs_checkpoint_is_trained_once(adapter, questions, P, monkeypatch):
     assert stages.rrs_run_dir(adapter, questions, lr, 0) != ckpt.parent
     longer = dataclasses.replace(P, train=dataclasses.replace(FAST, epochs=5))
     assert stages.rrs_run_dir(adapter, questions, longer, 0) == ckpt.parent
+    # a run without the per-epoch MSE is its own run: same weights, no epoch_mse.json, and a clear error
+    quiet = stages.rrs_checkpoint(adapter, questions, P, 0, record_mse=False, progress=False)
+    assert quiet.parent != ckpt.parent and len(calls) == 3 and calls[-1]["record_mse"] is False
+    assert (quiet / "adapter_model.safetensors").read_bytes() == (ckpt / "adapter_model.safetensors").read_bytes()
+    assert (ckpt.parent / "epoch_mse.json").is_file() and not (quiet.parent / "epoch_mse.json").exists()
+    with pytest.raises(FileNotFoundError, match="record_mse=False"):
+        stages.epoch_mse(quiet)
 
 
 def test_more_epochs_resume_and_fewer_reuse(adapter, questions, P, monkeypatch):
@@ -152,15 +159,17 @@ def test_sft_checkpoints(adapter, questions, P, monkeypatch):
 
 def test_method_names_map_to_checkpoints(adapter, questions, P, monkeypatch):
     seen = []
-    monkeypatch.setattr(stages, "rrs_checkpoint", lambda *a, **kw: seen.append(("rrs", kw["top_m"], kw["structure"])))
+    monkeypatch.setattr(stages, "rrs_checkpoint",
+                        lambda *a, **kw: seen.append(("rrs", kw["top_m"], kw["structure"], kw["record_mse"])))
     monkeypatch.setattr(stages, "sft_checkpoint", lambda *a, **kw: seen.append(("sft", kw["kind"])))
     assert stages.method_checkpoint(adapter, questions, P, 0, "vanilla") is None
     for method in ["rrs", "sft_refusal", "sft_mixed", "rrs_top12.5", "rrs_top25", "rrs_top50", "rrs_basic",
                    "rrs_parallel"]:
         stages.method_checkpoint(adapter, questions, P, 0, method)
-    assert seen == [("rrs", None, "mirror"), ("sft", "refusal"), ("sft", "mixed"), ("rrs", 12.5, "mirror"),
-                    ("rrs", 25.0, "mirror"), ("rrs", 50.0, "mirror"), ("rrs", None, "basic"),
-                    ("rrs", None, "parallel")]
+    # only the main run records the per-epoch training-set MSE (notebooks 04 and 06 show it)
+    assert seen == [("rrs", None, "mirror", True), ("sft", "refusal"), ("sft", "mixed"),
+                    ("rrs", 12.5, "mirror", False), ("rrs", 25.0, "mirror", False), ("rrs", 50.0, "mirror", False),
+                    ("rrs", None, "basic", False), ("rrs", None, "parallel", False)]
     assert set(stages.METHODS) == {"vanilla", "rrs", "sft_refusal", "sft_mixed", "rrs_top12.5", "rrs_top25",
                                    "rrs_top50", "rrs_basic", "rrs_parallel"}
 

@@ -187,6 +187,32 @@ def test_resume_after_interruption_gives_the_same_weights(tiny_items, tmp_path, 
         load_trained(b, tmp_path / "cut" / "epoch_2", features=other)
 
 
+def test_skipping_the_mse_record_leaves_the_training_unchanged(tiny_items, tmp_path, tmp_rrs_cache):
+    from rrs.models.qwen2_audio import Qwen2AudioAdapter, random_tiny_qwen2_audio
+
+    # dropout on, so that a stray random draw in the record would show in the weights
+    cfg = TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.1, epochs=2, lr=1e-2, batch_size=3, grad_accum=1,
+                      dtype="float32")
+    runs = {}
+    for record in (True, False):
+        adapter = Qwen2AudioAdapter(*random_tiny_qwen2_audio(seed=0), model_id="tiny-qwen2-audio")
+        feats = features_for(adapter, tiny_items)
+        result = train_rrs(adapter, tiny_items, feats, cfg, tmp_path / str(record), seed=1, progress=False,
+                           record_mse=record)
+        runs[record] = (lora_weights(result.peft_model), result.log)
+    assert runs[True][1] == runs[False][1]
+    for name, weight in runs[True][0].items():
+        torch.testing.assert_close(runs[False][0][name], weight, atol=0, rtol=0)
+    assert (tmp_path / "True" / "epoch_mse.json").is_file() and not (tmp_path / "False" / "epoch_mse.json").exists()
+    meta = json.loads((tmp_path / "False" / "epoch_2" / "rrs_checkpoint.json").read_text())
+    assert meta["record_mse"] is False
+    assert "record_mse" not in json.loads((tmp_path / "True" / "epoch_2" / "rrs_checkpoint.json").read_text())
+    # a run without records is not continued as one with them (its epoch_mse.json would lack epochs)
+    with pytest.raises(CheckpointMismatchError, match="record_mse"):
+        train_rrs(adapter, tiny_items, feats, replace(cfg, epochs=3), tmp_path / "False", seed=1, progress=False,
+                  resume=True)
+
+
 def test_checkpoint_of_another_model_is_refused(tiny_qwen2_audio_adapter, tiny_omni_adapter, tiny_items, tmp_path,
                                                 tmp_rrs_cache):
     from rrs.models.qwen2_audio import Qwen2AudioAdapter, random_tiny_qwen2_audio
