@@ -43,8 +43,8 @@ STAGE_RECORD = "stage.json"
 STAGES_FORMAT = 2  # 2: steps on cached decoder inputs (no encoder dropout); bump to invalidate every cached stage artifact
 
 # method name -> how its checkpoint is made (notebooks 05-07 use these names). The ablation
-# variants skip the per-epoch training-set MSE: no notebook shows it, and it cost about
-# 2.5 of notebook 06's 16 minutes on a slow day
+# variants skip the per-epoch training-set MSE: no notebook shows it, and it cost 2.4 of
+# notebook 06's 16.3 minutes on a slow day (2026-12-01; the adapters are the same without it)
 METHODS: dict[str, dict | None] = {
     "vanilla": None,
     "rrs": {"kind": "rrs", "top_m": None, "structure": "mirror"},
