@@ -263,10 +263,9 @@ def training_log(checkpoint: str | Path) -> list[dict]:
 def epoch_mse(checkpoint: str | Path) -> list[dict]:
     """An RRS run's MSE over its whole training set ({"epoch", "mse", "mse_harmful",
     "mse_benign"}), epoch 0 (the vanilla model) up to and including the checkpoint's epoch."""
-    from .training import EPOCH_MSE_FILE
+    from .training import EPOCH_MSE_FILE, read_checkpoint_meta
 
-    meta = json.loads((Path(checkpoint) / "rrs_checkpoint.json").read_text())
-    if meta.get("record_mse") is False:
+    if read_checkpoint_meta(checkpoint).get("record_mse") is False:
         raise FileNotFoundError(f"{checkpoint} was trained with record_mse=False: its run has no {EPOCH_MSE_FILE}")
     return _run_rows(checkpoint, EPOCH_MSE_FILE)
 
