@@ -50,6 +50,17 @@ def save_figure(fig, name: str, figures_dir: str | Path, provenance: dict) -> di
     return paths
 
 
+def _legend_below(fig, axes, markerscale: float = 1.0) -> None:
+    """One legend for the figure, in a row under its panels, where it hides no data.
+
+    A legend inside a panel (matplotlib's loc="best") can sit on a bar or on points when
+    the panel has no free corner, as the main-results figure's over-rejection panel had.
+    """
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize="small",
+               frameon=False, markerscale=markerscale)
+
+
 def _is_harmful(labels) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.dtype == bool:
@@ -67,7 +78,7 @@ def plot_tsne_panels(points_by_panel: dict, title: str | None = None, *, size: f
     if not points_by_panel:
         raise ValueError("no panels to plot")
     n = len(points_by_panel)
-    fig, axes = plt.subplots(1, n, figsize=(size * n, size + 0.4), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(size * n, size + 0.7), squeeze=False, layout="constrained")
     for ax, (panel, (xy, labels)) in zip(axes[0], points_by_panel.items()):
         xy = np.asarray(xy, dtype=float)
         harmful = _is_harmful(labels)
@@ -78,10 +89,9 @@ def plot_tsne_panels(points_by_panel: dict, title: str | None = None, *, size: f
         ax.set_title(str(panel))
         ax.set_xticks([])
         ax.set_yticks([])
-    axes[0][-1].legend(loc="best", fontsize="small", markerscale=2)
+    _legend_below(fig, axes[0], markerscale=2)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
@@ -144,7 +154,7 @@ def plot_rates(long_df: pd.DataFrame, *, metrics: Sequence[str] = ("asr", "over_
     methods = list(methods or dict.fromkeys(df["method"]))
     modes = [m for m in modes if m in set(df["mode"])]
     colors = sns.color_palette("colorblind", len(methods))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3), squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.3), squeeze=False, layout="constrained")
     width = 0.8 / len(methods)
     for ax, metric in zip(axes[0], metrics):
         for i, method in enumerate(methods):
@@ -155,8 +165,7 @@ def plot_rates(long_df: pd.DataFrame, *, metrics: Sequence[str] = ("asr", "over_
         ax.set_xticks(np.arange(len(modes)), modes)
         ax.set(ylim=(0, 100), ylabel="%", title={"asr": "ASR", "over_rejection": "over-rejection",
                                                    "capability": "capability"}.get(metric, metric))
-    axes[0][-1].legend(fontsize="small")
-    fig.tight_layout()
+    _legend_below(fig, axes[0])
     return fig
 
 
@@ -178,7 +187,7 @@ def plot_rates_by_epoch(long_df: pd.DataFrame, method_by_epoch: dict[int, str], 
     df = df.assign(epoch=df["method"].map({m: e for e, m in method_by_epoch.items()}))
     modes = [m for m in modes if m in set(df["mode"])]
     colors = dict(zip(modes, sns.color_palette("colorblind", len(modes))))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3), squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.3), squeeze=False, layout="constrained")
     for ax, metric in zip(axes[0], metrics):
         for mode in modes:
             sub = df[(df["metric"] == metric) & (df["mode"] == mode)].sort_values("epoch")
@@ -189,8 +198,7 @@ def plot_rates_by_epoch(long_df: pd.DataFrame, method_by_epoch: dict[int, str], 
         ax.set(ylim=(0, 100), xlabel="RRS epoch (0 = vanilla)", ylabel="%",
                title={"asr": "ASR", "over_rejection": "over-rejection"}.get(metric, metric))
         ax.set_xticks(sorted(method_by_epoch))
-    axes[0][-1].legend(fontsize="small")
-    fig.tight_layout()
+    _legend_below(fig, axes[0])
     return fig
 
 

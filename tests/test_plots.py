@@ -126,6 +126,39 @@ def test_plot_rates_bar_heights():
     plt.close(fig)
 
 
+def _legend_overlaps_a_panel(fig) -> bool:
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legends = fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+    assert len(legends) == 1, "one legend per figure"
+    box = legends[0].get_window_extent(renderer)
+    return any(box.overlaps(ax.get_window_extent(renderer)) for ax in fig.axes)
+
+
+def test_the_legend_sits_outside_every_panel():
+    # the main-results figure's legend once covered the refusal-SFT bar of its over-rejection panel
+    rows = []
+    for method in ("vanilla", "sft_refusal", "sft_mixed", "rrs"):
+        for mode in ("audio-text", "text-only", "audio-only"):
+            for metric in ("asr", "over_rejection"):
+                rows.append(["m", method, mode, "t", metric, 99.0, 97.0, 100.0, 10])
+    df = pd.DataFrame(rows, columns=LONG_COLUMNS)
+    by_epoch = df[df.method.isin(["vanilla", "rrs"])]
+    for fig in (plots.plot_rates(df), tsne_fig(),
+                plots.plot_rates_by_epoch(by_epoch, {0: "vanilla", 1: "rrs"}, mark_epoch=1)):
+        assert not _legend_overlaps_a_panel(fig)
+        labels = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert labels in (["vanilla", "sft_refusal", "sft_mixed", "rrs"], ["benign", "harmful"],
+                          ["audio-text", "text-only", "audio-only"])
+        plt.close(fig)
+    # the check can fail: a legend placed in a panel, as before, overlaps it
+    fig, ax = plt.subplots()
+    ax.bar([0], [99.0], label="a")
+    ax.legend(loc="upper left")
+    assert _legend_overlaps_a_panel(fig)
+    plt.close(fig)
+
+
 def test_rates_by_epoch_draws_one_line_per_mode_in_epoch_order():
     rows = []
     for epoch, method in ((0, "vanilla"), (1, "rrs_epoch1"), (2, "rrs")):
