@@ -250,3 +250,58 @@ def test_github_anchor():
     assert _github_anchor("3. The written path: why only 74% of benign questions are answered") == \
         "3-the-written-path-why-only-74-of-benign-questions-are-answered"
     assert _github_anchor("Build time") == "build-time"
+
+
+def test_readme_current_state_quotes_the_committed_tables():
+    """The prose of the README's "Current state" is typed; its numbers must be the committed ones."""
+    import re
+
+    import pandas as pd
+
+    text = re.sub(r"\s+", " ", (REPO_ROOT / "README.md").read_text())
+    state = text[text.index("**Current state of the `mini` reproduction"):text.index("## Notebooks")]
+    results = pd.read_csv(REPO_ROOT / "tables" / "results_long.csv")
+    results = results[results.model == "mini-lalm"].set_index(["method", "mode", "test_set", "metric"])
+    behaviour = pd.read_csv(REPO_ROOT / "tables" / "mini_lalm_behaviour.csv").set_index(
+        ["mode", "label", "refusal_instruction"]).refusal_rate
+    shift = pd.read_csv(REPO_ROOT / "tables" / "rrs_representation_shift.csv").set_index(["mode", "label"])
+
+    def rate(method, mode, metric, test_set="paper_test"):
+        return results.value[(method, mode, test_set, metric)]
+
+    def points(x):
+        return f"{x:.1f}".removesuffix(".0")
+
+    text_refused = behaviour[("text-only", "harmful", False)]
+    text_answered = 100 - behaviour[("text-only", "benign", False)]
+    n = results.n.loc["vanilla", "text-only", "paper_test"]
+    claims = [
+        f"({n['asr']} harmful, {n['over_rejection']} benign questions)",
+        f"refuses {text_refused:.0f}% of harmful questions asked as text and answers benign text questions "
+        f"{text_answered:.0f}% of the time",
+        f"refuses {points(behaviour[('audio-text', 'harmful', False)])}% (audio-text) and "
+        f"{points(behaviour[('audio-only', 'harmful', False)])}% (audio-only) of harmful questions",
+    ]
+    for mode in ("audio-text", "audio-only"):
+        before, after = rate("vanilla", mode, "asr"), rate("rrs", mode, "asr")
+        claims.append(f"{mode} {points(before)} -> {after:.1f}% ({after - before:.1f} points)")
+    claims.append(f"text-only {rate('vanilla', 'text-only', 'asr'):.1f} -> {rate('rrs', 'text-only', 'asr'):.1f}%")
+    rise = {m: rate("rrs", m, "over_rejection") - rate("vanilla", m, "over_rejection")
+            for m in ("audio-text", "text-only", "audio-only")}
+    claims.append(f"The over-rejection rises by {rise['audio-text']:.1f} (audio-text), {rise['text-only']:.1f} "
+                  f"(text-only) and {rise['audio-only']:.1f} (audio-only) points, "
+                  f"{sum(rise.values()) / 3:.1f} on average")
+    for method, shown in (("sft_refusal", "over-rejection +{:.0f} points"), ("sft_mixed", "mixed SFT has +{:.0f}")):
+        increase = sum(rate(method, m, "over_rejection") - rate("vanilla", m, "over_rejection") for m in rise) / 3
+        claims.append(shown.format(increase))
+    claims.append("On AdvBench RRS lowers spoken ASR from {:.0f} to {:.0f}% and from {:.0f} to {:.0f}%".format(
+        *(rate(method, mode, "asr", "advbench") for mode in ("audio-text", "audio-only") for method in ("vanilla", "rrs"))))
+    for claim in claims:
+        assert claim in state, f"README 'Current state' does not say (or no longer says) {claim!r}"
+    # p("I") of harmful test questions: the table keeps 4 decimals, the README 3 (0.2375 may read 0.238)
+    representations = state[state.index("*Representations*"):]
+    for mode in ("audio-text", "audio-only", "text-only"):
+        said = re.search(rf"{mode} (\d\.\d+) -> (\d\.\d+)", representations)
+        assert said, f"README 'Current state' gives no p(I) for {mode}"
+        row = shift.loc[(mode, "harmful")]
+        assert [float(x) for x in said.groups()] == pytest.approx([row.p_I_vanilla, row.p_I_rrs], abs=6e-4), mode
