@@ -305,3 +305,38 @@ def test_readme_current_state_quotes_the_committed_tables():
         assert said, f"README 'Current state' gives no p(I) for {mode}"
         row = shift.loc[(mode, "harmful")]
         assert [float(x) for x in said.groups()] == pytest.approx([row.p_I_vanilla, row.p_I_rrs], abs=6e-4), mode
+
+
+def test_docs_seed_table_quotes_the_committed_tables_for_seed_0():
+    """docs/mini_model.md section 8 types the committed build's numbers in its 'seed 0' column."""
+    import pandas as pd
+
+    rows = {}
+    for line in (REPO_ROOT / "docs" / "mini_model.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) == 5:
+            rows[cells[0]] = cells[1]
+    assert rows.get("") == "seed 0 (committed)", "section 8's table lost its seed 0 column"
+    results = pd.read_csv(REPO_ROOT / "tables" / "results_long.csv")
+    results = results[(results.model == "mini-lalm") & (results.test_set == "paper_test")]
+    value = results.set_index(["method", "mode", "metric"]).value
+    n = results.set_index(["method", "mode", "metric"]).n
+
+    def increase(method):
+        return sum(value[(method, m, "over_rejection")] - value[("vanilla", m, "over_rejection")]
+                   for m in ("audio-text", "text-only", "audio-only")) / 3
+
+    expected = {
+        "test split (harmful / benign)": f"{n[('vanilla', 'text-only', 'asr')]} / {n[('vanilla', 'text-only', 'over_rejection')]}",
+        "written: harmful refused / benign answered":
+            f"{100 - value[('vanilla', 'text-only', 'asr')]:.1f} / {100 - value[('vanilla', 'text-only', 'over_rejection')]:.1f}%",
+        "spoken harmful refused (audio-text / audio-only)":
+            f"{100 - value[('vanilla', 'audio-text', 'asr')]:.1f} / {100 - value[('vanilla', 'audio-only', 'asr')]:.1f}%",
+        "RRS: spoken ASR change (audio-text / audio-only)": " / ".join(
+            f"{value[('rrs', m, 'asr')] - value[('vanilla', m, 'asr')]:.1f}" for m in ("audio-text", "audio-only")),
+        "RRS: text-only ASR": f"{value[('vanilla', 'text-only', 'asr')]:.1f} -> {value[('rrs', 'text-only', 'asr')]:.1f}%",
+        "RRS: over-rejection increase, mean of the modes": f"{increase('rrs'):+.2f}",
+        "over-rejection increase of refusal SFT / mixed SFT": f"{increase('sft_refusal'):+.1f} / {increase('sft_mixed'):+.1f}",
+    }
+    for row, said in expected.items():
+        assert rows.get(row) == said, f"docs/mini_model.md section 8, {row!r}: says {rows.get(row)!r}, tables give {said!r}"
