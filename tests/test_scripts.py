@@ -5,6 +5,8 @@ import importlib.util
 import re
 from pathlib import Path
 
+import pytest
+
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
@@ -159,3 +161,51 @@ def test_hearing_oracle_reports_every_view_per_mode(capsys):
         assert all(0 <= float(x) <= 1 for x in r[2:4]) and all(0 <= float(x) <= 100 for x in r[4:6])
     # the views differ: the perfect tokens are not what the encoder hands over
     assert rows[0][2:] != rows[-1][2:]
+
+
+def test_best_refusal_gain_picks_the_best_threshold_within_the_benign_budget():
+    best = _load("tradeoff_ceiling").best_refusal_gain
+    # 4 harmful (scores .9 .8 .4 .1), 4 benign (.7 .3 .2 .05); vanilla refused 25% of harmful, none of benign
+    p = [0.9, 0.8, 0.4, 0.1, 0.7, 0.3, 0.2, 0.05]
+    harmful = [True] * 4 + [False] * 4
+    assert best(p, harmful, 25.0, 0.0, 0.0) == 25.0     # t = .8: 2 of 4 harmful, no benign
+    assert best(p, harmful, 25.0, 0.0, 25.0) == 50.0    # t = .7 adds one benign (25 points), no harmful
+    assert best(p, harmful, 25.0, 0.0, 50.0) == 50.0    # t = .3: 3 harmful, 2 benign
+    assert best(p, harmful, 25.0, 0.0, 100.0) == 75.0   # refuse everything
+    assert best(p, harmful, 25.0, 50.0, 0.0) == 50.0    # a base above zero leaves room for 2 benign
+    assert best([0.5] * 8, harmful, 0.0, 0.0, 10.0) == 0.0  # a tie: all or nothing, and all costs 100
+    assert best([0.9, 0.8, 0.4, 0.01, 0.7, 0.3, 0.2, 0.05], harmful, 25.0, 0.0, 100.0) == 75.0  # the lowest too
+    with pytest.raises(ValueError, match="harmful and benign"):
+        best([0.1, 0.2], [True, True], 0.0, 0.0, 3.0)
+
+
+def test_tradeoff_rows_measure_every_method_against_vanillas_greedy_rates():
+    import numpy as np
+
+    rows = _load("tradeoff_ceiling").tradeoff_rows
+    harmful = np.array([True] * 4 + [False] * 4)
+    scores = {"vanilla": ([0.6, 0.2, 0.2, 0.1, 0.3, 0.1, 0.1, 0.1], [1, 0, 0, 0, 0, 0, 0, 0]),
+              "rrs": ([0.9, 0.8, 0.4, 0.1, 0.7, 0.3, 0.2, 0.05], [1, 1, 1, 0, 1, 0, 0, 0])}
+    vanilla, rrs = rows(scores, harmful, [0.0, 25.0])
+    assert (vanilla["greedy_harmful"], vanilla["greedy_benign"]) == (0.0, 0.0)
+    assert (rrs["greedy_harmful"], rrs["greedy_benign"]) == (50.0, 25.0)  # 3 of 4 and 1 of 4, against 1 and 0
+    assert rrs["auc"] == 0.75 and rrs[0.0] == 25.0 and rrs[25.0] == 50.0  # gains over vanilla's 25%
+    # vanilla's own ranking: the .3 benign question sits above two harmful ones at .2
+    assert vanilla[0.0] == 0.0 and vanilla[25.0] == 50.0
+    with pytest.raises(ValueError, match="vanilla"):
+        rows({"rrs": scores["rrs"]}, harmful, [3.0])
+
+
+def test_tradeoff_ceiling_reports_every_method_in_every_mode(capsys):
+    from rrs.modes import MODES
+
+    _load("tradeoff_ceiling").main(["--profile", "ci", "--methods", "rrs", "--budgets", "0,100"])
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if re.match(r"(audio-text|text-only|audio-only) ", line)]
+    assert [(r[0], r[1]) for r in rows] == [(m, x) for m in MODES for x in ("vanilla", "rrs")]
+    for r in rows:
+        assert 0 <= float(r[2]) <= 1
+        zero, everything = float(r[6]), float(r[7])
+        assert zero <= everything and everything >= 0   # with no budget limit, refusing all is allowed
+    vanilla = [r for r in rows if r[1] == "vanilla"]
+    assert all(r[3] == "+0.0" and r[5] == "+0.0" for r in vanilla)  # vanilla's greedy rates are the base
