@@ -102,15 +102,16 @@ def main(argv=None) -> None:
     header = (f"{'mode':11s} {'method':13s} {'AUC':>6s} {'greedy harmful/benign':>22s}  "
               + "  ".join(f"{'best +' + f'{b:g}':>8s}" for b in budgets))
     print(header)
-    for mode in MODES:
-        scores = {}
-        for method in methods:
-            model = stages.load_method(adapter, questions, P, args.seed, method)
+    scores = {mode: {} for mode in MODES}
+    for method in methods:  # each adapter loaded once, read in every mode
+        model = stages.load_method(adapter, questions, P, args.seed, method)
+        for mode in MODES:
             # prompt=None: the evaluation's audio-text prompt, as Table 1 asks its questions
             h = stages.representations(adapter, test, mode, prompt=None, model=model,
                                        batch_size=P.eval_batch_size, progress=False)
-            scores[method] = first_token_scores(adapter, h, model)
-        for row in tradeoff_rows(scores, harmful, budgets):
+            scores[mode][method] = first_token_scores(adapter, h, model)
+    for mode in MODES:
+        for row in tradeoff_rows(scores[mode], harmful, budgets):
             print(f"{mode:11s} {row['method']:13s} {row['auc']:6.3f} "
                   f"{row['greedy_harmful']:+10.1f} / {row['greedy_benign']:+9.1f}  "
                   + "  ".join(f"{row[b]:+8.1f}" for b in budgets))

@@ -258,10 +258,12 @@ def test_readme_current_state_quotes_the_committed_tables():
 
     import pandas as pd
 
+    from rrs.tables import over_rejection_increase
+
     text = re.sub(r"\s+", " ", (REPO_ROOT / "README.md").read_text())
     state = text[text.index("**Current state of the `mini` reproduction"):text.index("## Notebooks")]
-    results = pd.read_csv(REPO_ROOT / "tables" / "results_long.csv")
-    results = results[results.model == "mini-lalm"].set_index(["method", "mode", "test_set", "metric"])
+    long = pd.read_csv(REPO_ROOT / "tables" / "results_long.csv")
+    results = long[long.model == "mini-lalm"].set_index(["method", "mode", "test_set", "metric"])
     behaviour = pd.read_csv(REPO_ROOT / "tables" / "mini_lalm_behaviour.csv").set_index(
         ["mode", "label", "refusal_instruction"]).refusal_rate
     shift = pd.read_csv(REPO_ROOT / "tables" / "rrs_representation_shift.csv").set_index(["mode", "label"])
@@ -288,12 +290,14 @@ def test_readme_current_state_quotes_the_committed_tables():
     claims.append(f"text-only {rate('vanilla', 'text-only', 'asr'):.1f} -> {rate('rrs', 'text-only', 'asr'):.1f}%")
     rise = {m: rate("rrs", m, "over_rejection") - rate("vanilla", m, "over_rejection")
             for m in ("audio-text", "text-only", "audio-only")}
+    def increase(method):  # the paper's headline quantity, as notebook 05 computes it
+        return over_rejection_increase(long, method, "vanilla", test_set="paper_test", model="mini-lalm")
+
     claims.append(f"The over-rejection rises by {rise['audio-text']:.1f} (audio-text), {rise['text-only']:.1f} "
                   f"(text-only) and {rise['audio-only']:.1f} (audio-only) points, "
-                  f"{sum(rise.values()) / 3:.1f} on average")
+                  f"{increase('rrs'):.1f} on average")
     for method, shown in (("sft_refusal", "over-rejection +{:.0f} points"), ("sft_mixed", "mixed SFT has +{:.0f}")):
-        increase = sum(rate(method, m, "over_rejection") - rate("vanilla", m, "over_rejection") for m in rise) / 3
-        claims.append(shown.format(increase))
+        claims.append(shown.format(increase(method)))
     claims.append("On AdvBench RRS lowers spoken ASR from {:.0f} to {:.0f}% and from {:.0f} to {:.0f}%".format(
         *(rate(method, mode, "asr", "advbench") for mode in ("audio-text", "audio-only") for method in ("vanilla", "rrs"))))
     for claim in claims:
@@ -311,20 +315,20 @@ def test_docs_seed_table_quotes_the_committed_tables_for_seed_0():
     """docs/mini_model.md section 8 types the committed build's numbers in its 'seed 0' column."""
     import pandas as pd
 
+    from rrs.tables import over_rejection_increase
+
     rows = {}
     for line in (REPO_ROOT / "docs" / "mini_model.md").read_text().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if line.startswith("|") and len(cells) == 5:
             rows[cells[0]] = cells[1]
     assert rows.get("") == "seed 0 (committed)", "section 8's table lost its seed 0 column"
-    results = pd.read_csv(REPO_ROOT / "tables" / "results_long.csv")
-    results = results[(results.model == "mini-lalm") & (results.test_set == "paper_test")]
-    value = results.set_index(["method", "mode", "metric"]).value
-    n = results.set_index(["method", "mode", "metric"]).n
+    long = pd.read_csv(REPO_ROOT / "tables" / "results_long.csv")
+    results = long[(long.model == "mini-lalm") & (long.test_set == "paper_test")].set_index(["method", "mode", "metric"])
+    value, n = results.value, results.n
 
-    def increase(method):
-        return sum(value[(method, m, "over_rejection")] - value[("vanilla", m, "over_rejection")]
-                   for m in ("audio-text", "text-only", "audio-only")) / 3
+    def increase(method):  # the paper's headline quantity, as notebook 05 computes it
+        return over_rejection_increase(long, method, "vanilla", test_set="paper_test", model="mini-lalm")
 
     expected = {
         "test split (harmful / benign)": f"{n[('vanilla', 'text-only', 'asr')]} / {n[('vanilla', 'text-only', 'over_rejection')]}",
