@@ -209,3 +209,67 @@ def test_tradeoff_ceiling_reports_every_method_in_every_mode(capsys):
         assert zero <= everything and everything >= 0   # with no budget limit, refusing all is allowed
     vanilla = [r for r in rows if r[1] == "vanilla"]
     assert all(r[3] == "+0.0" and r[5] == "+0.0" for r in vanilla)  # vanilla's greedy rates are the base
+
+
+def test_perfect_hearing_views_reproduce_the_pipeline_and_differ_only_where_words_are_spoken():
+    import numpy as np
+    import torch
+
+    from rrs import stages
+    from rrs.mini.behaviour import speech_with_word_timings
+    from rrs.modes import build_input
+
+    script = _load("perfect_hearing_rrs")
+    P, adapter, questions = stages.setup("ci", 0, progress=False)
+    test = stages.split_questions(questions, "test").head(6)
+    clips = speech_with_word_timings(test, P, 0)
+    spoken = {script._wave_key(clips[r.id][0]): (r.text, clips[r.id][1]) for r in test.itertuples()}
+    inputs = [build_input(t, clips[i][0], "audio-text") for i, t in zip(test.id, test.text)]
+    heard = script.view_decoder_inputs(adapter, inputs, "heard", spoken, batch_size=4)
+    perfect = script.view_decoder_inputs(adapter, inputs, "perfect", spoken, batch_size=4)
+    # heard: the pipeline's own representations (same clips, evaluation prompt, vanilla model)
+    h = adapter.hidden_states(inputs, batch_size=4, progress=False)
+    assert torch.allclose(script.last_states(adapter, heard), h, atol=1e-4)
+    audio_id = adapter.model.config.audio_token_id
+    for inp, a, b in zip(inputs, heard, perfect):
+        ids = adapter.prepare([inp])["input_ids"][0]
+        differs = (a["inputs_embeds"] != b["inputs_embeds"]).any(-1)
+        assert differs.any() and not differs[ids != audio_id].any()  # only audio tokens change
+    # each changed token is the input embedding of a token of its own question, in spoken order
+    table = adapter.model.get_input_embeddings().weight.detach()
+    for text, a, b in zip(test.text, heard, perfect):
+        changed = b["inputs_embeds"][(a["inputs_embeds"] != b["inputs_embeds"]).any(-1)]
+        read = (changed[:, None, :] == table[None]).all(-1).float().argmax(-1).tolist()
+        assert all(torch.equal(table[t], row) for t, row in zip(read, changed))
+        words = iter(adapter.tokenizer(text.strip(), add_special_tokens=False)["input_ids"])
+        assert all(any(t == w for w in words) for t in dict.fromkeys(read))  # a subsequence of the question
+    with pytest.raises(ValueError, match="unknown view"):
+        script.view_decoder_inputs(adapter, inputs, "imagined", spoken)
+
+
+def test_refused_as_text_counts_the_benign_questions_the_written_path_refuses_too():
+    import numpy as np
+
+    counts = _load("perfect_hearing_rrs").refused_as_text
+    harmful = np.array([True, True, False, False, False])
+    p = np.zeros(5)
+    scores = {"text-only": {"vanilla": (p, [1, 0, 1, 1, 0])},           # writes off benign 2 and 3
+              "audio-text": {"vanilla": (p, [0, 0, 0, 0, 0]), "epoch_1": (p, [1, 1, 1, 0, 1])},
+              "audio-only": {"vanilla": (p, [0, 0, 0, 1, 0])}}
+    assert counts(scores, harmful) == {("audio-text", "vanilla"): (0, 0), ("audio-text", "epoch_1"): (2, 1),
+                                       ("audio-only", "vanilla"): (1, 1)}
+
+
+def test_perfect_hearing_rrs_reports_every_epoch_in_every_mode_for_both_views(capsys):
+    from rrs.modes import MODES
+
+    _load("perfect_hearing_rrs").main(["--profile", "ci", "--epochs", "1", "--budgets", "0,100"])
+    out = capsys.readouterr().out
+    for view in out.split("\nview ")[1:]:
+        rows = [line.split() for line in view.splitlines() if re.match(r"(audio-text|text-only|audio-only) ", line)]
+        assert [(r[0], r[1]) for r in rows] == [(m, x) for m in MODES for x in ("vanilla", "epoch_1")]
+        assert all(0 <= float(r[2]) <= 1 for r in rows)
+        assert all(r[3] == "+0.0" and r[5] == "+0.0" for r in rows if r[1] == "vanilla")
+        refused = [re.findall(r"\d+", line)[-2:] for line in view.splitlines() if line.startswith("benign refused")]
+        assert len(refused) == 4 and all(int(a) <= int(n) for n, a in refused)
+    assert [v.split(";")[0] for v in out.split("\nview ")[1:]] == ["heard", "perfect"]
