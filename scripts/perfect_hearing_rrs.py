@@ -22,7 +22,8 @@ Each question is spoken once, in this process, with the pipeline's voice and rat
 (rrs.mini.behaviour.speech_with_word_timings), and serves both spoken modes. Training writes
 to a temporary folder; nothing is cached or kept. Usage (prints tables):
 
-    RRS_DATA_DIR=../shared/data .venv/bin/python scripts/perfect_hearing_rrs.py [--views heard,perfect] [--epochs 3]
+    RRS_DATA_DIR=../shared/data .venv/bin/python scripts/perfect_hearing_rrs.py [--model DIR] [--views heard,perfect] \
+        [--epochs 3]
 """
 from __future__ import annotations
 
@@ -176,6 +177,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="mini")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", default=None, help="a mini model folder (default: the profile's); the "
+                    "perfect view needs a model whose tokenizer spells eSpeak NG's words, as every mini build's does")
     ap.add_argument("--views", default=",".join(VIEWS))
     ap.add_argument("--epochs", type=int, default=None, help="RRS epochs (default: the profile's)")
     ap.add_argument("--budgets", default="3,4.5,9", help="benign refusal rises allowed, in points")
@@ -185,15 +188,16 @@ def main(argv=None) -> None:
         raise SystemExit(f"--views takes {', '.join(VIEWS)}; got {args.views!r}")
     budgets = [float(b) for b in args.budgets.split(",")]
 
-    P, adapter, questions = stages.setup(args.profile, args.seed)
+    P, adapter, questions = stages.setup(args.profile, args.seed, model=args.model)
     torch.manual_seed(args.seed)
     train, test = stages.train_questions(questions), stages.split_questions(questions, "test")
     clips = speech_with_word_timings(train, P, args.seed) | speech_with_word_timings(test, P, args.seed)
     harmful = (test.label == "harmful").to_numpy()
     for view in views:
         scores = run_view(adapter, P, questions, clips, view, args.seed, args.epochs)
-        print(f"\nview {view}; {P.name}, seed {args.seed}; test split {harmful.sum()} harmful / {(~harmful).sum()} "
-              f"benign; evaluation prompt; greedy and best: refusal change against this view's vanilla model, points")
+        print(f"\nview {view}; {P.name}, seed {args.seed}, {adapter.model_id}; test split {harmful.sum()} harmful / "
+              f"{(~harmful).sum()} benign; evaluation prompt; greedy and best: refusal change against this view's "
+              "vanilla model, points")
         print(f"{'mode':11s} {'method':8s} {'AUC':>6s} {'greedy harmful/benign':>22s}  "
               + "  ".join(f"{'best +' + f'{b:g}':>8s}" for b in budgets))
         for mode in MODES:
