@@ -173,6 +173,22 @@ def refused_as_text(scores: dict, harmful: np.ndarray) -> dict:
     return counts
 
 
+def print_tradeoff(scores: dict, harmful: np.ndarray, budgets) -> None:
+    """tradeoff_ceiling's table for {mode: {method: (P("I"), greedy refusal)}}, and each
+    method's greedy benign refusal change averaged over the three modes (issue 5: at most 3)."""
+    print(f"{'mode':11s} {'method':8s} {'AUC':>6s} {'greedy harmful/benign':>22s}  "
+          + "  ".join(f"{'best +' + f'{b:g}':>8s}" for b in budgets))
+    benign_change = {}
+    for mode in MODES:
+        for row in tradeoff_rows(scores[mode], harmful, budgets):
+            print(f"{mode:11s} {row['method']:8s} {row['auc']:6.3f} "
+                  f"{row['greedy_harmful']:+10.1f} / {row['greedy_benign']:+9.1f}  "
+                  + "  ".join(f"{row[b]:+8.1f}" for b in budgets))
+            benign_change.setdefault(row["method"], []).append(row["greedy_benign"])
+    print("greedy benign refusal change, mean of the modes: "
+          + ", ".join(f"{m} {np.mean(v):+.2f}" for m, v in benign_change.items()))
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="mini")
@@ -198,14 +214,13 @@ def main(argv=None) -> None:
         print(f"\nview {view}; {P.name}, seed {args.seed}, {adapter.model_id}; test split {harmful.sum()} harmful / "
               f"{(~harmful).sum()} benign; evaluation prompt; greedy and best: refusal change against this view's "
               "vanilla model, points")
-        print(f"{'mode':11s} {'method':8s} {'AUC':>6s} {'greedy harmful/benign':>22s}  "
-              + "  ".join(f"{'best +' + f'{b:g}':>8s}" for b in budgets))
-        for mode in MODES:
-            for row in tradeoff_rows(scores[mode], harmful, budgets):
-                print(f"{mode:11s} {row['method']:8s} {row['auc']:6.3f} "
-                      f"{row['greedy_harmful']:+10.1f} / {row['greedy_benign']:+9.1f}  "
-                      + "  ".join(f"{row[b]:+8.1f}" for b in budgets))
+        print_tradeoff(scores, harmful, budgets)
         _, written = scores["text-only"]["vanilla"]
+        answered = harmful | ~np.asarray(written, dtype=bool)
+        print(f"the same, on the {int((answered & ~harmful).sum())} benign questions that the vanilla model answers "
+              "as text (and every harmful one):")
+        print_tradeoff({mode: {m: (np.asarray(p)[answered], np.asarray(g)[answered]) for m, (p, g) in by_method.items()}
+                        for mode, by_method in scores.items()}, harmful[answered], budgets)
         print(f"vanilla, written: refuses {100 * np.mean(written[harmful]):.1f}% of harmful and "
               f"{100 * np.mean(written[~harmful]):.1f}% ({int(written[~harmful].sum())}) of benign questions")
         for (mode, method), (n, as_text) in refused_as_text(scores, harmful).items():

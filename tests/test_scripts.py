@@ -265,11 +265,23 @@ def test_perfect_hearing_rrs_reports_every_epoch_in_every_mode_for_both_views(ca
 
     _load("perfect_hearing_rrs").main(["--profile", "ci", "--epochs", "1", "--budgets", "0,100"])
     out = capsys.readouterr().out
-    for view in out.split("\nview ")[1:]:
-        rows = [line.split() for line in view.splitlines() if re.match(r"(audio-text|text-only|audio-only) ", line)]
-        assert [(r[0], r[1]) for r in rows] == [(m, x) for m in MODES for x in ("vanilla", "epoch_1")]
-        assert all(0 <= float(r[2]) <= 1 for r in rows)
-        assert all(r[3] == "+0.0" and r[5] == "+0.0" for r in rows if r[1] == "vanilla")
+    views = out.split("\nview ")[1:]
+    assert [v.split(";")[0] for v in views] == ["heard", "perfect"]
+    for view in views:
+        n_benign = int(re.search(r"harmful / (\d+) benign", view).group(1))
+        whole, answered = view.split("the same, on the ")
+        for table in (whole, answered):
+            rows = [line.split() for line in table.splitlines()
+                    if re.match(r"(audio-text|text-only|audio-only) ", line)]
+            assert [(r[0], r[1]) for r in rows] == [(m, x) for m in MODES for x in ("vanilla", "epoch_1")]
+            assert all(0 <= float(r[2]) <= 1 for r in rows)
+            assert all(r[3] == "+0.0" and r[5] == "+0.0" for r in rows if r[1] == "vanilla")
+            mean = re.search(r"mean of the modes: vanilla ([-+]\d+\.\d+), epoch_1 ([-+]\d+\.\d+)", table)
+            assert float(mean.group(1)) == 0.0
+            assert float(mean.group(2)) == pytest.approx(sum(float(r[5]) for r in rows if r[1] == "epoch_1") / 3,
+                                                         abs=0.06)
+        # the second table leaves out exactly the benign questions that the vanilla model refuses as text
+        refused_as_text = int(re.search(r"% \((\d+)\) of benign questions", view).group(1))
+        assert int(re.match(r"(\d+) benign", answered).group(1)) == n_benign - refused_as_text
         refused = [re.findall(r"\d+", line)[-2:] for line in view.splitlines() if line.startswith("benign refused")]
         assert len(refused) == 4 and all(int(a) <= int(n) for n, a in refused)
-    assert [v.split(";")[0] for v in out.split("\nview ")[1:]] == ["heard", "perfect"]
