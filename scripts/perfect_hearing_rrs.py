@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from hearing_oracle import perfect_audio_tokens  # noqa: E402
-from tradeoff_ceiling import first_token_scores, tradeoff_rows  # noqa: E402
+from tradeoff_ceiling import first_token_scores, print_tradeoff  # noqa: E402
 
 from rrs import stages, training  # noqa: E402
 from rrs.features import SafetyFeatures, rrs_targets  # noqa: E402
@@ -64,7 +64,7 @@ def view_decoder_inputs(adapter, inputs, view: str, spoken: dict, batch_size: in
     spoken: waveform key (_wave_key) -> (question text, word timings) of every clip."""
     if view not in VIEWS:
         raise ValueError(f"unknown view {view!r}; choose from {VIEWS}")
-    embeddings = adapter.model.get_input_embeddings().weight.detach()
+    embeddings = adapter.model.get_input_embeddings().weight.detach().cpu()
     audio_id = adapter.model.config.audio_token_id
     out = []
     for s in tqdm(range(0, len(inputs), batch_size), desc=desc, leave=False, unit="batch"):
@@ -85,7 +85,7 @@ def view_decoder_inputs(adapter, inputs, view: str, spoken: dict, batch_size: in
                 heard = row["inputs_embeds"][where]
                 duration_ms = 10.0 * int(batch["feature_attention_mask"][clip].sum())
                 labels = frame_token_labels(text, timing, heard.shape[0], adapter.tokenizer, duration_ms=duration_ms)
-                row["inputs_embeds"][where] = perfect_audio_tokens(heard, labels, embeddings.cpu())
+                row["inputs_embeds"][where] = perfect_audio_tokens(heard, labels, embeddings)
             clip += 1
             out.append(row)
     return out
@@ -173,17 +173,12 @@ def refused_as_text(scores: dict, harmful: np.ndarray) -> dict:
     return counts
 
 
-def print_tradeoff(scores: dict, harmful: np.ndarray, budgets) -> None:
-    """tradeoff_ceiling's table for {mode: {method: (P("I"), greedy refusal)}}, and each
-    method's greedy benign refusal change averaged over the three modes (issue 5: at most 3)."""
-    print(f"{'mode':11s} {'method':8s} {'AUC':>6s} {'greedy harmful/benign':>22s}  "
-          + "  ".join(f"{'best +' + f'{b:g}':>8s}" for b in budgets))
+def print_tradeoff_and_mean(scores: dict, harmful: np.ndarray, budgets) -> None:
+    """tradeoff_ceiling's table, and each method's greedy benign refusal change averaged over
+    the three modes (issue 5: at most 3)."""
     benign_change = {}
-    for mode in MODES:
-        for row in tradeoff_rows(scores[mode], harmful, budgets):
-            print(f"{mode:11s} {row['method']:8s} {row['auc']:6.3f} "
-                  f"{row['greedy_harmful']:+10.1f} / {row['greedy_benign']:+9.1f}  "
-                  + "  ".join(f"{row[b]:+8.1f}" for b in budgets))
+    for rows in print_tradeoff(scores, harmful, budgets).values():
+        for row in rows:
             benign_change.setdefault(row["method"], []).append(row["greedy_benign"])
     print("greedy benign refusal change, mean of the modes: "
           + ", ".join(f"{m} {np.mean(v):+.2f}" for m, v in benign_change.items()))
@@ -214,13 +209,14 @@ def main(argv=None) -> None:
         print(f"\nview {view}; {P.name}, seed {args.seed}, {adapter.model_id}; test split {harmful.sum()} harmful / "
               f"{(~harmful).sum()} benign; evaluation prompt; greedy and best: refusal change against this view's "
               "vanilla model, points")
-        print_tradeoff(scores, harmful, budgets)
+        print_tradeoff_and_mean(scores, harmful, budgets)
         _, written = scores["text-only"]["vanilla"]
         answered = harmful | ~np.asarray(written, dtype=bool)
         print(f"the same, on the {int((answered & ~harmful).sum())} benign questions that the vanilla model answers "
               "as text (and every harmful one):")
-        print_tradeoff({mode: {m: (np.asarray(p)[answered], np.asarray(g)[answered]) for m, (p, g) in by_method.items()}
-                        for mode, by_method in scores.items()}, harmful[answered], budgets)
+        print_tradeoff_and_mean({mode: {m: (np.asarray(p)[answered], np.asarray(g)[answered])
+                                        for m, (p, g) in by_method.items()}
+                                 for mode, by_method in scores.items()}, harmful[answered], budgets)
         print(f"vanilla, written: refuses {100 * np.mean(written[harmful]):.1f}% of harmful and "
               f"{100 * np.mean(written[~harmful]):.1f}% ({int(written[~harmful].sum())}) of benign questions")
         for (mode, method), (n, as_text) in refused_as_text(scores, harmful).items():

@@ -83,6 +83,21 @@ def tradeoff_rows(scores: dict, harmful, budgets) -> list[dict]:
     return rows
 
 
+def print_tradeoff(scores: dict, harmful, budgets) -> dict[str, list[dict]]:
+    """Print tradeoff_rows of {mode: {method: (P("I"), greedy refusal)}} as one table, a row
+    per mode and method; return the rows by mode."""
+    print(f"{'mode':11s} {'method':13s} {'AUC':>6s} {'greedy harmful/benign':>22s}  "
+          + "  ".join(f"{'best +' + f'{b:g}':>8s}" for b in budgets))
+    rows = {}
+    for mode in MODES:
+        rows[mode] = tradeoff_rows(scores[mode], harmful, budgets)
+        for row in rows[mode]:
+            print(f"{mode:11s} {row['method']:13s} {row['auc']:6.3f} "
+                  f"{row['greedy_harmful']:+10.1f} / {row['greedy_benign']:+9.1f}  "
+                  + "  ".join(f"{row[b]:+8.1f}" for b in budgets))
+    return rows
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--profile", default="mini")
@@ -99,9 +114,6 @@ def main(argv=None) -> None:
     harmful = (test.label == "harmful").to_numpy()
     print(f"{P.name}, seed {args.seed}, {adapter.model_id}: test split {harmful.sum()} harmful / "
           f"{(~harmful).sum()} benign; evaluation prompt")
-    header = (f"{'mode':11s} {'method':13s} {'AUC':>6s} {'greedy harmful/benign':>22s}  "
-              + "  ".join(f"{'best +' + f'{b:g}':>8s}" for b in budgets))
-    print(header)
     scores = {mode: {} for mode in MODES}
     for method in methods:  # each adapter loaded once, read in every mode
         model = stages.load_method(adapter, questions, P, args.seed, method)
@@ -110,11 +122,7 @@ def main(argv=None) -> None:
             h = stages.representations(adapter, test, mode, prompt=None, model=model,
                                        batch_size=P.eval_batch_size, progress=False)
             scores[mode][method] = first_token_scores(adapter, h, model)
-    for mode in MODES:
-        for row in tradeoff_rows(scores[mode], harmful, budgets):
-            print(f"{mode:11s} {row['method']:13s} {row['auc']:6.3f} "
-                  f"{row['greedy_harmful']:+10.1f} / {row['greedy_benign']:+9.1f}  "
-                  + "  ".join(f"{row[b]:+8.1f}" for b in budgets))
+    print_tradeoff(scores, harmful, budgets)
 
 
 if __name__ == "__main__":
