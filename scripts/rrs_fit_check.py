@@ -13,8 +13,9 @@ and the mean representation loss (MSE) per epoch. A method that separates the tr
 but not the test split has memorised its training clips rather than learned what makes a
 question harmful. Two options widen the training data to see whether more of it helps: `--views N`
 adds N more clips (other voices and rates) of every spoken training question, `--synthetic N` adds
-N spoken questions of the mini build's own synthetic corpus (never a held-out question). Usage
-(prints; writes only checkpoints and representations to the cache):
+N spoken questions of the mini build's own synthetic corpus (never a held-out question); such a
+run trains in a temporary folder that is removed at the end, or in `--out DIR`. Usage (prints;
+otherwise writes only checkpoints and representations to the cache):
 
     RRS_DATA_DIR=../shared/data .venv/bin/python scripts/rrs_fit_check.py --epochs 15 [--penalty-weight 0]
 """
@@ -27,6 +28,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -92,10 +94,18 @@ def main(argv=None) -> None:
                     help="extra clips (other voice x rate) of every spoken training question")
     ap.add_argument("--synthetic", type=int, default=0,
                     help="add this many spoken questions of the mini build's synthetic corpus to the training items")
+    ap.add_argument("--out", default=None,
+                    help="folder for the checkpoints of a --views / --synthetic run (default: a temporary "
+                         "folder, removed at the end)")
     args = ap.parse_args(argv)
-    # never touch the committed figures/ and tables/: this script only reads and caches
-    os.environ.setdefault("RRS_OUTPUT_ROOT", tempfile.mkdtemp(prefix="rrs-fit-check-"))
+    with tempfile.TemporaryDirectory(prefix="rrs-fit-check-") as scratch:
+        # never touch the committed figures/ and tables/: this script only reads and caches
+        outputs = {"RRS_OUTPUT_ROOT": os.environ.get("RRS_OUTPUT_ROOT") or str(Path(scratch) / "outputs")}
+        with mock.patch.dict(os.environ, outputs):
+            run(args, Path(args.out) if args.out else Path(scratch) / "rrs")
 
+
+def run(args, run_dir: Path) -> None:
     P, adapter, questions = stages.setup(args.profile, args.seed, model=args.model, progress=False)
     train_cfg = P.train
     if args.rank is not None:
@@ -118,7 +128,6 @@ def main(argv=None) -> None:
         more = pd.concat(parts, ignore_index=True)
         print(f"training items: {len(items)} + {len(more)} extra (--views {args.views}, --synthetic {args.synthetic})",
               flush=True)
-        run_dir = Path(tempfile.mkdtemp(prefix="rrs-views-"))
         train_rrs(adapter, pd.concat([items, more], ignore_index=True),
                   stages.safety_features(adapter, questions, P, args.seed, progress=False), P.train, run_dir,
                   args.seed, extract_batch_size=P.eval_batch_size, progress=False)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,8 +23,13 @@ def test_rrs_fit_check_reports_both_splits_in_every_mode(capsys, tmp_path, monke
     from rrs.modes import MODES
 
     monkeypatch.setenv("RRS_OUTPUT_ROOT", str(tmp_path / "out"))
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     _load("rrs_fit_check").main(["--profile", "ci", "--epochs", "1", "--penalty-weight", "0"])
     out = capsys.readouterr().out
+    # (torch makes its own empty torchinductor_<user> cache folder there)
+    assert not list(scratch.glob("rrs-*")), "the diagnosis left its folders in the temporary folder"
     assert "epochs 1, lr 0.002, r 8, alpha 16, penalty weight 0" in out
     assert re.search(r"mean MSE per epoch: 1:\d+\.\d{3}$", out, re.M)
     # the overrides reached the training run: with penalty weight 0 the loss is the MSE alone
@@ -60,12 +66,20 @@ def test_rrs_fit_check_trains_on_extra_voices_of_each_spoken_question(capsys, tm
         assert (row.voice, row.rate) != (own.loc[row.id, "voice"], own.loc[row.id, "rate"])
     assert pd.concat([items, more]).audio_path.is_unique
 
+    # without --out the run's checkpoints go to a temporary folder that is removed at the end
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    logs = []
+    read_log = stages.training_log
+    monkeypatch.setattr(stages, "training_log", lambda checkpoint: logs.append(read_log(checkpoint)) or logs[-1])
     script.main(["--profile", "ci", "--epochs", "1", "--views", "1"])
     out = capsys.readouterr().out
     assert f"training items: {len(items)} + {len(items)} extra (--views 1, --synthetic 0)" in out
-    log = stages.training_log(re.search(r"^checkpoint: (.+)$", out, re.M).group(1))
+    checkpoint = Path(re.search(r"^checkpoint: (.+)$", out, re.M).group(1))
+    assert scratch in checkpoint.parents and not checkpoint.exists() and not list(scratch.glob("rrs-*"))
     steps = -(-2 * len(items) // P.train.batch_size)  # ceil: one epoch over twice the items
-    assert len(log) == steps
+    assert len(logs) == 1 and len(logs[0]) == steps
 
 
 def test_rrs_fit_check_adds_synthetic_questions_that_no_held_out_question_equals(capsys, tmp_path, monkeypatch):
@@ -89,11 +103,12 @@ def test_rrs_fit_check_adds_synthetic_questions_that_no_held_out_question_equals
     clash = questions[questions.split == "test"].head(1).assign(text=syn.text.iloc[0])
     assert syn.text.iloc[0] not in set(script.synthetic_items(pd.concat([questions, clash]), P, 30, 0).text)
 
-    script.main(["--profile", "ci", "--epochs", "1", "--synthetic", "8"])
+    script.main(["--profile", "ci", "--epochs", "1", "--synthetic", "8", "--out", str(tmp_path / "run")])
     out = capsys.readouterr().out
     assert f"training items: {len(items)} + 8 extra (--views 0, --synthetic 8)" in out
-    log = stages.training_log(re.search(r"^checkpoint: (.+)$", out, re.M).group(1))
-    assert len(log) == -(-(len(items) + 8) // P.train.batch_size)
+    checkpoint = Path(re.search(r"^checkpoint: (.+)$", out, re.M).group(1))
+    assert checkpoint == tmp_path / "run" / "epoch_1"
+    assert len(stages.training_log(checkpoint)) == -(-(len(items) + 8) // P.train.batch_size)
 
 
 def test_vocabulary_table_finds_the_one_word_that_decides_the_label():
