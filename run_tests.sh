@@ -4,7 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 ./scripts/bootstrap.sh
-export RRS_OUTPUT_ROOT=${RRS_OUTPUT_ROOT:-$(mktemp -d)}
+if [ -z "${RRS_OUTPUT_ROOT:-}" ]; then
+  RRS_OUTPUT_ROOT=$(mktemp -d -t rrs-tests.XXXXXX)
+  # removed when every test passes; kept for a look when one fails
+  trap 'rc=$?; if [ $rc -eq 0 ]; then rm -rf "$RRS_OUTPUT_ROOT"; else echo "[tests] outputs kept in $RRS_OUTPUT_ROOT"; fi' EXIT
+fi
+export RRS_OUTPUT_ROOT
 export PYTHONHASHSEED=0
 echo "[tests] unit tests"
 .venv/bin/python -m pytest tests -q "$@"

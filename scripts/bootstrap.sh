@@ -15,6 +15,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # pip, not uv: where a CPU build of torch lies on the machine's disk (pip's find-links),
   # pip takes it; uv would download the 3 GB CUDA build from PyPI instead.
   .venv/bin/python -m pip install -q -c requirements.lock -e ".[dev]"
-  .venv/bin/python -m ipykernel install --prefix .venv --name python3 >/dev/null
+  # ipykernel stages the kernel spec in a temporary folder that it does not remove: give it one
+  spec_tmp=$(mktemp -d)
+  TMPDIR=$spec_tmp .venv/bin/python -m ipykernel install --prefix .venv --name python3 >/dev/null
+  rm -rf "$spec_tmp"
   echo "$want" > "$stamp"
 fi
