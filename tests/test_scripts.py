@@ -18,14 +18,20 @@ def _load(name):
     return module
 
 
-def test_rrs_fit_check_reports_both_splits_in_every_mode(capsys, tmp_path, monkeypatch):
+@pytest.fixture
+def scratch(tmp_path, monkeypatch):
+    """An empty folder in which `tempfile` makes this test's temporary files and folders."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def test_rrs_fit_check_reports_both_splits_in_every_mode(capsys, tmp_path, monkeypatch, scratch):
     from rrs import stages
     from rrs.modes import MODES
 
     monkeypatch.setenv("RRS_OUTPUT_ROOT", str(tmp_path / "out"))
-    scratch = tmp_path / "tmp"
-    scratch.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     _load("rrs_fit_check").main(["--profile", "ci", "--epochs", "1", "--penalty-weight", "0"])
     out = capsys.readouterr().out
     # (torch makes its own empty torchinductor_<user> cache folder there)
@@ -47,7 +53,7 @@ def test_rrs_fit_check_reports_both_splits_in_every_mode(capsys, tmp_path, monke
     assert not (tmp_path / "out" / "tables").exists(), "the diagnosis must not write tables"
 
 
-def test_rrs_fit_check_trains_on_extra_voices_of_each_spoken_question(capsys, tmp_path, monkeypatch):
+def test_rrs_fit_check_trains_on_extra_voices_of_each_spoken_question(capsys, tmp_path, monkeypatch, scratch):
     import pandas as pd
 
     from rrs import stages
@@ -67,9 +73,6 @@ def test_rrs_fit_check_trains_on_extra_voices_of_each_spoken_question(capsys, tm
     assert pd.concat([items, more]).audio_path.is_unique
 
     # without --out the run's checkpoints go to a temporary folder that is removed at the end
-    scratch = tmp_path / "tmp"
-    scratch.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     logs = []
     read_log = stages.training_log
     monkeypatch.setattr(stages, "training_log", lambda checkpoint: logs.append(read_log(checkpoint)) or logs[-1])
