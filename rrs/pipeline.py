@@ -86,7 +86,8 @@ def resolve_model(model: str | None) -> str | None:
     return model
 
 
-def run(profile: str, only: str | None, force: bool, seed: int, model: str | None) -> int:
+def run(profile: str, only: str | None, force: bool, seed: int, model: str | None,
+        device: str | None = None, dtype: str | None = None) -> int:
     import papermill as pm
 
     prof = get_profile(profile)
@@ -94,8 +95,10 @@ def run(profile: str, only: str | None, force: bool, seed: int, model: str | Non
 
     model = resolve_model(model)
     params = {"profile": profile, "seed": seed}
-    if model:
-        params["model"] = model
+    # only what was given, so that a plain run keeps the fingerprints of its stamps
+    for key, value in (("model", model), ("device", device), ("dtype", dtype)):
+        if value:
+            params[key] = value
     run_dir = REPO_ROOT / "runs" / profile
     own_root = prof.model_root(model)
     if own_root is not None:
@@ -161,10 +164,12 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", help="a registered model id or a local model folder, e.g. another mini "
                         "build (default: the profile's); outputs then go to runs/<profile>/models/")
+    parser.add_argument("--device", help="e.g. cpu or cuda:1 (default: the profile's)")
+    parser.add_argument("--dtype", help="float32, float16 or bfloat16 (default: the profile's)")
     args = parser.parse_args(argv)
     if args.profile not in PROFILES:
         parser.error(f"unknown profile {args.profile!r}; choose one of {sorted(PROFILES)}")
-    return run(args.profile, args.only, args.force, args.seed, args.model)
+    return run(args.profile, args.only, args.force, args.seed, args.model, args.device, args.dtype)
 
 
 if __name__ == "__main__":

@@ -67,13 +67,15 @@ def _profile(profile) -> Profile:
 
 def setup(profile="mini", seed: int = 0, model: str | None = None, device: str | None = None,
           dtype: str | None = None, n_train: int | None = None, *, n_test: int | None = None,
-          progress: bool = True):
+          epochs: int | None = None, progress: bool = True):
     """(P, adapter, questions): the profile, the loaded model and the prepared questions.
 
     `model` defaults to the profile's first model (a registered id or a local folder);
-    `device` / `dtype` default to the profile's. `n_train` caps the training pairs and
-    `n_test` the questions of each test set (both for quick runs and tests; None keeps
-    the profile's caps).
+    `device` / `dtype` default to the profile's. `n_train` caps the training pairs,
+    `n_test` the pairs of each test set (the paper pairs' test split and each extra set)
+    and `epochs` sets the RRS and SFT epochs (all for quick runs and tests; None keeps the
+    profile's). The epochs are not part of a checkpoint's cache key, so a shorter run
+    reuses, and a longer one continues, the same training run.
     """
     from .models import load_adapter
 
@@ -85,12 +87,16 @@ def setup(profile="mini", seed: int = 0, model: str | None = None, device: str |
         P = dataclasses.replace(P, max_train_pairs=min(n_train, P.max_train_pairs or n_train))
     if n_test is not None:
         n_test = int(n_test)
-        P = dataclasses.replace(P, max_eval_questions=min(n_test, P.max_eval_questions or n_test))
+        P = dataclasses.replace(P, max_eval_questions=min(n_test, P.max_eval_questions or n_test),
+                                max_test_pairs=min(n_test, P.max_test_pairs or n_test))
+    if epochs is not None:
+        P = dataclasses.replace(P, train=dataclasses.replace(P.train, epochs=_epochs(P, epochs)))
     device = device or P.device
     dtype = dtype or P.dtype
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"profile {P.name!r} runs on {device!r}, but no CUDA GPU is visible here; "
-                           "pass device='cpu' (and dtype='float32') to run it on the CPU")
+                           "pass device='cpu' and dtype='float32' to run it on the CPU "
+                           "(./run_all.sh --device cpu --dtype float32)")
     questions = data.prepare_dataset(P, seed=seed, progress=progress)
     adapter = load_adapter(model or P.default_model, device=device, dtype=dtype)
     return P, adapter, questions

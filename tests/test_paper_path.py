@@ -1,12 +1,14 @@
-"""The `paper` profile's code path, end to end: notebooks 02, 03 and 04 under papermill on tiny
+"""The `paper` profile's code path, end to end: notebooks 02 to 07 under papermill on tiny
 randomly initialised Qwen2-Audio and Qwen2.5-Omni thinker models saved to folders, on the CPU
-in float32, with a few training pairs, one epoch and a temporary cache and output root.
+in float32, with a few training and test pairs, one epoch and a temporary cache and output root.
 
 The 7B weights are not used (no hub access); what runs is the same code the paper profile
 runs: its hyper-parameters (LoRA r=16, alpha=4, dropout 0.1, lr 5e-5, batch 4 x 2, ...), the
 adapters of both architectures, extraction, feature selection, RRS and both SFT baselines,
-the figures and tables. The bars of notebook 04 are not asserted (check_bars=False): an
-untrained random model has no refusal zone to move toward.
+generation and judging, the ablations, every table and figure and the summary. The bars of
+notebook 04 are not asserted (check_bars=False): an untrained random model has no refusal
+zone to move toward. Notebooks 00 (the mini model) and 01 (data only, no model) are the
+`mini` run's and the test suite's.
 """
 from __future__ import annotations
 
@@ -18,9 +20,12 @@ import pytest
 
 from rrs.paths import REPO_ROOT
 
-NOTEBOOKS = ("02_representation_probing", "03_feature_selection", "04_rrs_training")
-COMMON = {"profile": "paper", "device": "cpu", "dtype": "float32", "n_train": 4, "n_test": 6}
-EXTRA = {"04_rrs_training": {"epochs": 1, "check_bars": False}}
+NOTEBOOKS = ("02_representation_probing", "03_feature_selection", "04_rrs_training", "05_main_results",
+             "06_ablations", "07_capability")
+COMMON = {"profile": "paper", "device": "cpu", "dtype": "float32", "n_train": 4, "n_test": 6, "epochs": 1}
+EXTRA = {"04_rrs_training": {"check_bars": False}}
+METHODS = {"vanilla", "sft_refusal", "sft_mixed", "rrs", "rrs_top12.5", "rrs_top25", "rrs_top50", "rrs_basic",
+           "rrs_parallel", "rrs_epoch2"}
 
 
 def _save_tiny(arch: str, folder: Path) -> Path:
@@ -83,3 +88,24 @@ def test_paper_profile_notebooks(arch, paper_env):
     assert set(kinds) == {"rrs", "sft_refusal", "sft_mixed"}
     assert all(r["model_id"] == str(model.resolve()) for r in kinds.values())
     assert {(r["train_config"]["lora_r"], r["train_config"]["lora_alpha"]) for r in kinds.values()} == {(16, 4)}
+
+    # 05-07: every method x mode x test set, judged on the capped test sets
+    long = pd.read_csv(out / "tables" / "results_long.csv")
+    assert set(long.method) == METHODS and set(long.model) == {str(model)}
+    assert set(long["mode"]) == {"audio-text", "text-only", "audio-only"}
+    assert set(long.test_set) == {"paper_test", "advbench", "figstep"}
+    assert long.value.between(0, 100).all() and (long.ci_low <= long.value).all() and (long.value <= long.ci_high).all()
+    questions = pd.read_csv(paper_env / "cache" / "data" / "paper-seed0.csv")
+    counts = questions.groupby(["test_set", "label"]).size()
+    assert counts["paper_test"].sum() <= 2 * COMMON["n_test"] + 4  # capped (a group may hold more than a pair)
+    for metric, label in (("asr", "harmful"), ("over_rejection", "benign"), ("capability", "benign")):
+        rows = long[long.metric == metric]
+        assert len(rows) and (rows.n == [counts[t, label] for t in rows.test_set]).all(), metric
+    for table in ("table1_main_results", "table2_capability", "table3_top_m", "table4_structures",
+                  "rrs_training_length", "ablation_answer_agreement"):
+        for ext in ("csv", "md", "tex", "provenance.json"):
+            assert (out / "tables" / f"{table}.{ext}").is_file(), (table, ext)
+    for figure in ("figure_main_results", "figure_rrs_training_length"):
+        assert (out / "figures" / f"{figure}.png").is_file() and (out / "figures" / f"{figure}.pdf").is_file()
+    summary = json.loads((out / "results" / "paper" / "summary.json").read_text())
+    assert summary["provenance"]["profile"] == "paper" and summary["provenance"]["model"] == str(model)

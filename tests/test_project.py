@@ -60,7 +60,8 @@ def test_another_model_never_writes_over_the_profiles_outputs(monkeypatch):
 
 def test_run_all_with_another_model_writes_under_runs(monkeypatch, tmp_path):
     """run_all --model DIR: the kernels get RRS_OUTPUT_ROOT=runs/mini/models/..., the model as
-    an absolute path, and the stamps and executed notebooks go there too."""
+    an absolute path, and the stamps and executed notebooks go there too; --device and
+    --dtype reach the notebooks and the stamp's fingerprint."""
     import papermill as pm
 
     monkeypatch.setenv("RRS_OUTPUT_ROOT", "unset below")  # so that monkeypatch removes what run() sets
@@ -79,8 +80,13 @@ def test_run_all_with_another_model_writes_under_runs(monkeypatch, tmp_path):
     try:
         assert pipeline.run("mini", "07", force=True, seed=0, model="build") == 0
         assert seen["model"] == str(build) and seen["root"] == str(root)
-        assert (root / "stamps" / "07_capability.json").is_file()
-        assert (root / "notebooks" / "07_capability.ipynb").is_file()
+        assert "device" not in seen and "dtype" not in seen
+        stamp = root / "stamps" / "07_capability.json"
+        assert stamp.is_file() and (root / "notebooks" / "07_capability.ipynb").is_file()
+        plain = json.loads(stamp.read_text())["fingerprint"]
+        assert pipeline.run("mini", "07", force=True, seed=0, model="build", device="cpu", dtype="float32") == 0
+        assert (seen["device"], seen["dtype"]) == ("cpu", "float32")
+        assert json.loads(stamp.read_text())["fingerprint"] != plain
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
