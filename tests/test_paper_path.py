@@ -96,8 +96,8 @@ def test_paper_profile_notebooks(arch, paper_env):
     assert set(long.test_set) == {"paper_test", "advbench", "figstep"}
     assert long.value.between(0, 100).all() and (long.ci_low <= long.value).all() and (long.value <= long.ci_high).all()
     questions = pd.read_csv(paper_env / "cache" / "data" / "paper-seed0.csv")
+    assert (questions.groupby("test_set").group.nunique() == COMMON["n_test"]).all()  # every test set capped
     counts = questions.groupby(["test_set", "label"]).size()
-    assert counts["paper_test"].sum() <= 2 * COMMON["n_test"] + 4  # capped (a group may hold more than a pair)
     for metric, label in (("asr", "harmful"), ("over_rejection", "benign"), ("capability", "benign")):
         rows = long[long.metric == metric]
         assert len(rows) and (rows.n == [counts[t, label] for t in rows.test_set]).all(), metric
