@@ -200,6 +200,11 @@ def test_weights_fingerprint_tracks_weights_and_lora_state(tiny_qwen2_audio_adap
 @pytest.mark.skipif(importlib.util.find_spec("torchvision") is None,
                     reason="Qwen2_5OmniProcessor cannot be built without torchvision")
 def test_omni_processor_matches_transformers(tiny_omni_adapter, mixed):
+    """Our OmniAudioTextProcessor against transformers' own, on every input mode. Skipped in
+    .venv (no torchvision); to run it, in a throwaway environment:
+    python -m venv /tmp/tv && /tmp/tv/bin/pip install torch==2.14.1 torchvision==0.29.1 &&
+    grep -v '^torch==' requirements.lock | /tmp/tv/bin/pip install --no-deps -r /dev/stdin &&
+    PYTHONPATH=. /tmp/tv/bin/python -m pytest tests/test_models.py -k omni_processor"""
     from transformers import Qwen2_5OmniProcessor
     from transformers.models.qwen2_vl import Qwen2VLImageProcessor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor

@@ -11,7 +11,11 @@ project does not depend on torchvision. So the adapter uses `OmniAudioTextProces
 text + audio half of Qwen2_5OmniProcessor: the model's own tokenizer, Whisper feature
 extractor and chat template, and the same audio-token expansion (one <|AUDIO|> per
 encoder output frame: ((L - 1) // 2 + 1 - 2) // 2 + 1 for L mel frames). A test checks it
-against Qwen2_5OmniProcessor token for token when torchvision is importable.
+against Qwen2_5OmniProcessor token for token when torchvision is importable, which it is not
+in the project's environment: torchvision's wheels on PyPI are CUDA builds and do not load
+beside the CPU build of torch that the lock installs here. It passed on 2026-12-02 in a
+separate environment with torch 2.14.1 and torchvision 0.29.1 from PyPI (the command is in
+the test's docstring), and failed there with the expansion above off by one.
 """
 from __future__ import annotations
 
