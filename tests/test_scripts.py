@@ -303,3 +303,17 @@ def test_perfect_hearing_rrs_reports_every_epoch_in_every_mode_for_both_views(ca
         assert int(re.match(r"(\d+) benign", answered).group(1)) == n_benign - refused_as_text
         refused = [re.findall(r"\d+", line)[-2:] for line in view.splitlines() if line.startswith("benign refused")]
         assert len(refused) == 4 and all(int(a) <= int(n) for n, a in refused)
+
+
+def test_qwen_audio_chat_check_names_what_it_lacks_before_running_anything(tmp_path):
+    """The check runs only in Qwen-Audio-Chat's separate transformers-4 environment; here it
+    must stop at once, with the reason, and build nothing."""
+    script = _load("qwen_audio_chat_check")
+    (tmp_path / "modeling_qwen.py").write_text("")
+    with pytest.raises(FileNotFoundError, match="lacks configuration_qwen.py, qwen_generation_utils.py"):
+        script.main([str(tmp_path)])
+    for name in script.REMOTE_CODE:
+        (tmp_path / name).write_text("")
+    with pytest.raises(RuntimeError, match="transformers 4.x.*separate environment"):
+        script.main([str(tmp_path), "--out", str(tmp_path / "model")])
+    assert not (tmp_path / "model").exists()

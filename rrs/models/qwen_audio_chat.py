@@ -7,13 +7,20 @@ removed). So:
 - it loads only with an explicit `trust_remote_code=True` AND a `revision=` commit you
   have reviewed (the code runs on your machine; a pinned commit cannot change under you);
 - under transformers >= 5 (this project's main environment) loading raises an error that
-  names the separate environment it needs: Python 3.10/3.11 with
-  `pip install "transformers>=4.32,<4.50" "peft>=0.10,<0.14" tiktoken transformers_stream_generator
-  soundfile` plus this package installed with `pip install --no-deps -e .`, and ffmpeg on
-  the PATH (its tokenizer reads audio files through ffmpeg).
+  names the separate environment it needs. This one works (2026-12-02, Python 3.11, from
+  the repository root; ffmpeg must be on the PATH, since the tokenizer reads audio files
+  through it):
 
-What the adapter does in that environment (NOT exercised by this project's tests, which
-run under transformers 5; only the opt-in checks and the transformers-5 error are tested):
+      python -m venv ENV
+      grep -v -E '^(transformers|peft|tokenizers|huggingface-hub|hf-xet|accelerate)==' \
+          requirements.lock | ENV/bin/pip install --no-deps -r /dev/stdin
+      ENV/bin/pip install transformers==4.45.2 peft==0.13.2 "accelerate<1.3" tiktoken \
+          transformers_stream_generator einops
+      ENV/bin/pip install --no-deps -e .
+
+What the adapter does in that environment (the project's tests run under transformers 5,
+so they check only the opt-in and the transformers-5 error; `scripts/qwen_audio_chat_check.py`
+runs the adapter there on a tiny random model built from the remote code, see below):
 the chat is ChatML with system "You are a helpful assistant."; the user turn is
 `tokenizer.from_list_format([{"audio": path}, {"text": ...}])`; each waveform is written to
 a temporary 16 kHz WAV because the tokenizer only takes paths; `tokenizer.process_audio`
@@ -21,6 +28,17 @@ gives the per-row `audio_info` list that the model's forward and generate take. 
 `model.transformer` (its `last_hidden_state` is after the final RMSNorm `ln_f`), the LM
 head is `model.lm_head`, and LoRA targets `transformer.h.N.attn.{c_attn,c_proj}` and
 `transformer.h.N.mlp.{w1,w2,c_proj}` (the audio encoder lives in `transformer.audio`).
+
+Run once, on 2026-12-02 (transformers 4.45.2, peft 0.13.2, torch 2.13.0 on the CPU): 13 of 13
+checks of `scripts/qwen_audio_chat_check.py` passed (batches equal single inputs in h(x),
+first-token probabilities and greedy answers; SFT labels; LoRA targets; RRS and SFT training,
+checkpoints, detaching). The remote code was not the hub's Qwen-Audio-Chat revision, which
+cannot be downloaded here, but github.com/QwenLM/Qwen-Audio at 0b0e882 (modeling_qwen.py,
+tokenization_qwen.py, audio.py, qwen_generation_utils.py), with configuration_qwen.py from a
+mirror of the hub repository (camenduru/Qwen-Audio) and cpp_kernels.py, which is never run.
+That code may differ from the Chat revision: with the real 151,643-token vocabulary its
+tokenizer puts <audio> at id 155163, the hub's Chat config at 155164. Run the script on the
+revision you pin before a paper-profile run.
 """
 from __future__ import annotations
 
@@ -35,9 +53,9 @@ from transformers import BatchFeature
 from ..modes import ModelInput
 from .base import QWEN1_LLM_LORA_PATTERN, SAMPLE_RATE, LALMAdapter, torch_dtype
 
-SEPARATE_ENV = ('a separate environment with transformers 4.x: pip install "transformers>=4.32,<4.50" '
-                '"peft>=0.10,<0.14" tiktoken transformers_stream_generator soundfile, then '
-                '`pip install --no-deps -e .` of this repository (see rrs/models/qwen_audio_chat.py)')
+SEPARATE_ENV = ('a separate environment with transformers 4.x (e.g. transformers==4.45.2, peft==0.13.2, '
+                'accelerate<1.3, tiktoken, transformers_stream_generator, einops and the rest of '
+                'requirements.lock; the commands are in the docstring of rrs/models/qwen_audio_chat.py)')
 
 
 def check_remote_code_allowed(model_id: str, trust_remote_code: bool, revision: str | None) -> None:
