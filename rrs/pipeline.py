@@ -87,7 +87,8 @@ def resolve_model(model: str | None) -> str | None:
 
 
 def run(profile: str, only: str | None, force: bool, seed: int, model: str | None,
-        device: str | None = None, dtype: str | None = None) -> int:
+        device: str | None = None, dtype: str | None = None, revision: str | None = None,
+        trust_remote_code: bool = False) -> int:
     import papermill as pm
 
     prof = get_profile(profile)
@@ -96,7 +97,8 @@ def run(profile: str, only: str | None, force: bool, seed: int, model: str | Non
     model = resolve_model(model)
     params = {"profile": profile, "seed": seed}
     # only what was given, so that a plain run keeps the fingerprints of its stamps
-    for key, value in (("model", model), ("device", device), ("dtype", dtype)):
+    for key, value in (("model", model), ("device", device), ("dtype", dtype), ("revision", revision),
+                       ("trust_remote_code", trust_remote_code)):
         if value:
             params[key] = value
     run_dir = REPO_ROOT / "runs" / profile
@@ -166,10 +168,14 @@ def main(argv=None) -> int:
                         "build (default: the profile's); outputs then go to runs/<profile>/models/")
     parser.add_argument("--device", help="e.g. cpu or cuda:1 (default: the profile's)")
     parser.add_argument("--dtype", help="float32, float16 or bfloat16 (default: the profile's)")
+    parser.add_argument("--revision", help="the commit of a hub model to load (pin the one you reviewed)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let the model run code from its hub repository (Qwen-Audio-Chat needs it)")
     args = parser.parse_args(argv)
     if args.profile not in PROFILES:
         parser.error(f"unknown profile {args.profile!r}; choose one of {sorted(PROFILES)}")
-    return run(args.profile, args.only, args.force, args.seed, args.model, args.device, args.dtype)
+    return run(args.profile, args.only, args.force, args.seed, args.model, args.device, args.dtype,
+               args.revision, args.trust_remote_code)
 
 
 if __name__ == "__main__":

@@ -67,11 +67,13 @@ def _profile(profile) -> Profile:
 
 def setup(profile="mini", seed: int = 0, model: str | None = None, device: str | None = None,
           dtype: str | None = None, n_train: int | None = None, *, n_test: int | None = None,
-          epochs: int | None = None, progress: bool = True):
+          epochs: int | None = None, revision: str | None = None, trust_remote_code: bool = False,
+          progress: bool = True):
     """(P, adapter, questions): the profile, the loaded model and the prepared questions.
 
     `model` defaults to the profile's first model (a registered id or a local folder);
-    `device` / `dtype` default to the profile's. `n_train` caps the training pairs,
+    `device` / `dtype` default to the profile's; `revision` and `trust_remote_code` go to
+    `load_adapter` (a model with hub remote code, Qwen-Audio-Chat, needs both). `n_train` caps the training pairs,
     `n_test` the pairs of each test set (the paper pairs' test split and each extra set)
     and `epochs` sets the RRS and SFT epochs (all for quick runs and tests; None keeps the
     profile's). The epochs are not part of a checkpoint's cache key, so a shorter run
@@ -98,7 +100,8 @@ def setup(profile="mini", seed: int = 0, model: str | None = None, device: str |
                            "pass device='cpu' and dtype='float32' to run it on the CPU "
                            "(./run_all.sh --device cpu --dtype float32)")
     questions = data.prepare_dataset(P, seed=seed, progress=progress)
-    adapter = load_adapter(model or P.default_model, device=device, dtype=dtype)
+    adapter = load_adapter(model or P.default_model, device=device, dtype=dtype, revision=revision,
+                           trust_remote_code=bool(trust_remote_code))
     return P, adapter, questions
 
 

@@ -1,7 +1,7 @@
 """Does rrs's Qwen-Audio-Chat adapter work with the model's own remote code?
 
 Qwen-Audio-Chat runs modelling and tokenizer code from its hub repository, written for
-transformers 4.x, so the project's tests (transformers 5) cannot run it. This script does,
+transformers 4.x, so the project's test suite (transformers 5) skips it. This script runs it
 in the separate environment that `rrs/models/qwen_audio_chat.py` describes. It copies the
 remote code's Python files from REMOTE_CODE_DIR (a download of the hub repository at the
 commit you reviewed, or a checkout of github.com/QwenLM/Qwen-Audio), adds a byte-level

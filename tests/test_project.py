@@ -60,8 +60,8 @@ def test_another_model_never_writes_over_the_profiles_outputs(monkeypatch):
 
 def test_run_all_with_another_model_writes_under_runs(monkeypatch, tmp_path):
     """run_all --model DIR: the kernels get RRS_OUTPUT_ROOT=runs/mini/models/..., the model as
-    an absolute path, and the stamps and executed notebooks go there too; --device and
-    --dtype reach the notebooks and the stamp's fingerprint."""
+    an absolute path, and the stamps and executed notebooks go there too; --device,
+    --dtype, --revision and --trust-remote-code reach the notebooks and the stamp's fingerprint."""
     import papermill as pm
 
     monkeypatch.setenv("RRS_OUTPUT_ROOT", "unset below")  # so that monkeypatch removes what run() sets
@@ -86,6 +86,13 @@ def test_run_all_with_another_model_writes_under_runs(monkeypatch, tmp_path):
         plain = json.loads(stamp.read_text())["fingerprint"]
         assert pipeline.run("mini", "07", force=True, seed=0, model="build", device="cpu", dtype="float32") == 0
         assert (seen["device"], seen["dtype"]) == ("cpu", "float32")
+        assert json.loads(stamp.read_text())["fingerprint"] != plain
+        assert "revision" not in seen and "trust_remote_code" not in seen
+        # the remote-code opt-in and the pinned commit, from the command line
+        seen.clear()
+        assert pipeline.main(["--only", "07", "--force", "--model", "build", "--revision", "a" * 40,
+                              "--trust-remote-code"]) == 0
+        assert (seen["revision"], seen["trust_remote_code"]) == ("a" * 40, True) and "device" not in seen
         assert json.loads(stamp.read_text())["fingerprint"] != plain
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -210,3 +210,25 @@ def test_training_items_and_splits(questions):
 def test_setup_without_gpu_says_what_to_do():
     with pytest.raises(RuntimeError, match="device='cpu'"):
         stages.setup("paper", 0, model="unused")
+
+
+def test_setup_passes_revision_and_the_remote_code_opt_in_to_the_loader(monkeypatch):
+    """Qwen-Audio-Chat loads only with trust_remote_code=True and a revision: the notebooks
+    pass both through setup (run_all.sh --trust-remote-code --revision SHA)."""
+    import rrs.models as models
+
+    seen = {}
+
+    def fake_load(model, **kwargs):
+        seen.update(kwargs, model=model)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(stages.data, "prepare_dataset", lambda P, seed, progress: None)
+    monkeypatch.setattr(models, "load_adapter", fake_load)
+    with pytest.raises(RuntimeError, match="stop here"):
+        stages.setup("ci", 0)
+    assert (seen["revision"], seen["trust_remote_code"]) == (None, False)
+    with pytest.raises(RuntimeError, match="stop here"):
+        stages.setup("ci", 0, model="Qwen/Qwen-Audio-Chat", revision="a" * 40, trust_remote_code=True)
+    assert seen == {"model": "Qwen/Qwen-Audio-Chat", "device": "cpu", "dtype": "float32", "revision": "a" * 40,
+                    "trust_remote_code": True}

@@ -29,16 +29,17 @@ gives the per-row `audio_info` list that the model's forward and generate take. 
 head is `model.lm_head`, and LoRA targets `transformer.h.N.attn.{c_attn,c_proj}` and
 `transformer.h.N.mlp.{w1,w2,c_proj}` (the audio encoder lives in `transformer.audio`).
 
-Run once, on 2026-12-02 (transformers 4.45.2, peft 0.13.2, torch 2.13.0 on the CPU): 13 of 13
+Run on 2026-12-02 (transformers 4.45.2, peft 0.13.2, torch 2.13.0 on the CPU): 13 of 13
 checks of `scripts/qwen_audio_chat_check.py` passed (batches equal single inputs in h(x),
 first-token probabilities and greedy answers; SFT labels; LoRA targets; RRS and SFT training,
-checkpoints, detaching). The remote code was not the hub's Qwen-Audio-Chat revision, which
-cannot be downloaded here, but github.com/QwenLM/Qwen-Audio at 0b0e882 (modeling_qwen.py,
-tokenization_qwen.py, audio.py, qwen_generation_utils.py), with configuration_qwen.py from a
-mirror of the hub repository (camenduru/Qwen-Audio) and cpp_kernels.py, which is never run.
-That code may differ from the Chat revision: with the real 151,643-token vocabulary its
-tokenizer puts <audio> at id 155163, the hub's Chat config at 155164. Run the script on the
-revision you pin before a paper-profile run.
+checkpoints, detaching), and so did the paper profile's notebooks 02-07 on such a model
+(`tests/test_paper_path.py -k qwen_audio_chat`, 124 s; the command is in its docstring). The
+remote code was not the hub's Qwen-Audio-Chat revision, which cannot be downloaded here, but
+github.com/QwenLM/Qwen-Audio at 0b0e882 (modeling_qwen.py, tokenization_qwen.py, audio.py,
+qwen_generation_utils.py), with configuration_qwen.py from a mirror of the hub repository
+(camenduru/Qwen-Audio) and cpp_kernels.py, which is never run. That code may differ from the
+Chat revision: with the real 151,643-token vocabulary its tokenizer puts <audio> at id 155163,
+the hub's Chat config at 155164. Run both on the revision you pin before a paper-profile run.
 """
 from __future__ import annotations
 
