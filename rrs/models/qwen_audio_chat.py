@@ -23,7 +23,7 @@ so they check only the opt-in and the transformers-5 error; `scripts/qwen_audio_
 runs the adapter there on a tiny random model built from the remote code, see below):
 the chat is ChatML with system "You are a helpful assistant."; the user turn is
 `tokenizer.from_list_format([{"audio": path}, {"text": ...}])`; each waveform is written to
-a temporary 16 kHz WAV because the tokenizer only takes paths; `tokenizer.process_audio`
+a 16 kHz WAV under the cache because the tokenizer only takes paths; `tokenizer.process_audio`
 gives the per-row `audio_info` list that the model's forward and generate take. The LLM is
 `model.transformer` (its `last_hidden_state` is after the final RMSNorm `ln_f`), the LM
 head is `model.lm_head`, and LoRA targets `transformer.h.N.attn.{c_attn,c_proj}` and
@@ -43,7 +43,6 @@ the hub's Chat config at 155164. Run both on the revision you pin before a paper
 """
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -52,7 +51,7 @@ import transformers
 from transformers import BatchFeature
 
 from ..modes import ModelInput
-from .base import QWEN1_LLM_LORA_PATTERN, SAMPLE_RATE, LALMAdapter, torch_dtype
+from .base import QWEN1_LLM_LORA_PATTERN, LALMAdapter, torch_dtype
 
 SEPARATE_ENV = ('a separate environment with transformers 4.x (e.g. transformers==4.45.2, peft==0.13.2, '
                 'accelerate<1.3, tiktoken, transformers_stream_generator, einops and the rest of '
@@ -93,18 +92,20 @@ class QwenAudioChatAdapter(LALMAdapter):
         tokenizer.pad_token_id = tokenizer.eod_id
         model = AutoModelForCausalLM.from_pretrained(path_or_id, torch_dtype=torch_dtype(dtype), **kw).to(device)
         processor = type("QwenAudioTokenizerOnly", (), {"tokenizer": tokenizer})()
-        adapter = cls(model, processor, model_id=model_id, device=device, dtype=dtype, revision=revision)
-        adapter._wav_dir = tempfile.TemporaryDirectory(prefix="rrs-qwen-audio-")
-        return adapter
+        return cls(model, processor, model_id=model_id, device=device, dtype=dtype, revision=revision)
 
     def _wav_path(self, audio: np.ndarray) -> str:
+        """The tokenizer reads audio only from files: each waveform is saved once, under the
+        cache and named by its hash (a temporary folder would outlive the notebooks' kernels,
+        which are stopped, not closed)."""
         import hashlib
 
-        import soundfile as sf
+        from ..audio import save_audio
+        from ..paths import cache_dir
 
-        path = Path(self._wav_dir.name) / (hashlib.sha1(audio.tobytes()).hexdigest() + ".wav")
+        path = cache_dir() / "qwen-audio-chat-wav" / (hashlib.sha1(audio.tobytes()).hexdigest() + ".wav")
         if not path.exists():
-            sf.write(path, audio, SAMPLE_RATE)
+            save_audio(path, audio)
         return str(path)
 
     def chat_texts(self, inputs: Sequence[ModelInput]) -> list[str]:
