@@ -163,6 +163,16 @@ def test_load_errors(tmp_path):
         load_adapter(str(garbled))
 
 
+def test_loading_under_transformers_4_names_the_environment_it_needs(monkeypatch):
+    # Qwen-Audio-Chat's environment has transformers 4, where the mini model's processor files
+    # are not found; the error says why instead
+    import transformers
+
+    monkeypatch.setattr(transformers, "__version__", "4.45.2")
+    with pytest.raises(MiniModelError, match=r"layout of transformers 5 .* with transformers 4\.45\.2.*\.venv"):
+        load_mini(MODEL_DIR)
+
+
 def test_publish_replaces_a_build_only_when_finished(tmp_path):
     from rrs.mini.build import publish
 

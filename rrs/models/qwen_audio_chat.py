@@ -18,6 +18,12 @@ removed). So:
           transformers_stream_generator einops
       ENV/bin/pip install --no-deps -e .
 
+  and run the notebooks there (./run_all.sh would use .venv, whose transformers is 5), all but
+  00, which describes the mini model and needs transformers 5 to load it:
+
+      ENV/bin/python -m rrs.pipeline --profile paper --model Qwen/Qwen-Audio-Chat \
+          --revision COMMIT --trust-remote-code --only 01,02,03,04,05,06,07
+
 What the adapter does in that environment (the project's tests run under transformers 5,
 so they check only the opt-in and the transformers-5 error; `scripts/qwen_audio_chat_check.py`
 runs the adapter there on a tiny random model built from the remote code, see below):
