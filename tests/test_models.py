@@ -165,13 +165,20 @@ def test_registry_and_errors(tmp_path, monkeypatch):
         load_adapter("mini-lalm")
 
 
-def test_remote_code_needs_opt_in_and_revision():
-    with pytest.raises(ValueError, match="trust_remote_code=True"):
+def test_remote_code_needs_opt_in_and_revision(tmp_path):
+    # the message also names the command-line flags, which the notebooks' users pass to run_all.sh
+    with pytest.raises(ValueError, match="trust_remote_code=True.*--trust-remote-code --revision COMMIT"):
         load_adapter("Qwen/Qwen-Audio-Chat")
     from rrs.models.qwen_audio_chat import QwenAudioChatAdapter
 
-    with pytest.raises(ValueError, match="revision="):
+    with pytest.raises(ValueError, match="revision=.*--trust-remote-code --revision COMMIT"):
         QwenAudioChatAdapter.load("Qwen/Qwen-Audio-Chat", model_id="Qwen/Qwen-Audio-Chat", trust_remote_code=True)
+    # a local folder of such a model (config model_type "qwen") needs the opt-in too
+    folder = tmp_path / "qwen-audio-chat"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "qwen"}')
+    with pytest.raises(ValueError, match="runs remote code.*--trust-remote-code --revision COMMIT"):
+        load_adapter(str(folder))
     # with both, transformers 5 is refused before anything is downloaded or executed
     with pytest.raises(RuntimeError, match="transformers 4.x.*separate environment"):
         load_adapter("Qwen/Qwen-Audio-Chat", trust_remote_code=True, revision="0" * 40)

@@ -426,6 +426,10 @@ MODEL_TYPES = {
 }
 
 
+# how run_all.sh, rrs.pipeline and rrs.evaluation spell the two arguments
+REMOTE_CODE_FLAGS = "(run_all.sh, rrs.pipeline, rrs.evaluation: --trust-remote-code --revision COMMIT)"
+
+
 def _missing_weights_message(model_id: str, revision: str | None, err: Exception) -> str:
     rev = f", revision={revision!r}" if revision else ""
     return (f"The weights of {model_id!r} are not available on this machine ({type(err).__name__}: {err}). "
@@ -447,7 +451,8 @@ def load_adapter(model_id_or_path: str, *, device: str = "cpu", dtype: str = "fl
         model_id, revision = model_id_or_path, revision or spec.revision
         if spec.remote_code and not trust_remote_code:
             raise ValueError(f"{model_id} runs code from its hub repository; opt in with "
-                             "trust_remote_code=True and pin a reviewed commit with revision=")
+                             "trust_remote_code=True and pin a reviewed commit with revision= "
+                             f"{REMOTE_CODE_FLAGS}")
         if spec.path is not None:
             if not (spec.path / "config.json").is_file():
                 raise FileNotFoundError(f"{model_id!r} is not built yet: no {spec.path}/config.json. "
@@ -481,7 +486,8 @@ def load_adapter(model_id_or_path: str, *, device: str = "cpu", dtype: str = "fl
         module, name = MODEL_TYPES[model_type].split(":")
         cls = getattr(importlib.import_module(f"rrs.models.{module}"), name)
         if getattr(cls, "remote_code", False) and not trust_remote_code:
-            raise ValueError(f"{folder} ({model_type}) runs remote code; opt in with trust_remote_code=True")
+            raise ValueError(f"{folder} ({model_type}) runs remote code; opt in with trust_remote_code=True "
+                             f"{REMOTE_CODE_FLAGS}")
         model_id, source = str(folder), str(folder)
         local_files_only = True
     else:

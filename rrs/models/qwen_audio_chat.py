@@ -57,7 +57,7 @@ import transformers
 from transformers import BatchFeature
 
 from ..modes import ModelInput
-from .base import QWEN1_LLM_LORA_PATTERN, LALMAdapter, torch_dtype
+from .base import QWEN1_LLM_LORA_PATTERN, REMOTE_CODE_FLAGS, LALMAdapter, torch_dtype
 
 SEPARATE_ENV = ('a separate environment with transformers 4.x (e.g. transformers==4.45.2, peft==0.13.2, '
                 'accelerate<1.3, tiktoken, transformers_stream_generator, einops and the rest of '
@@ -66,9 +66,11 @@ SEPARATE_ENV = ('a separate environment with transformers 4.x (e.g. transformers
 
 def check_remote_code_allowed(model_id: str, trust_remote_code: bool, revision: str | None) -> None:
     if not trust_remote_code:
-        raise ValueError(f"{model_id} runs code from its hub repository: opt in with trust_remote_code=True")
+        raise ValueError(f"{model_id} runs code from its hub repository: opt in with trust_remote_code=True "
+                         f"{REMOTE_CODE_FLAGS}")
     if not revision:
-        raise ValueError(f"{model_id}: pin the reviewed commit of its remote code with revision='<40-hex sha>'")
+        raise ValueError(f"{model_id}: pin the reviewed commit of its remote code with revision='<40-hex sha>' "
+                         f"{REMOTE_CODE_FLAGS}")
 
 
 def check_transformers_4() -> None:
