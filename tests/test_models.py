@@ -177,7 +177,7 @@ def test_remote_code_needs_opt_in_and_revision(tmp_path):
     folder = tmp_path / "qwen-audio-chat"
     folder.mkdir()
     (folder / "config.json").write_text('{"model_type": "qwen"}')
-    with pytest.raises(ValueError, match="runs remote code.*--trust-remote-code --revision COMMIT"):
+    with pytest.raises(ValueError, match="runs code from its hub repository.*--trust-remote-code --revision COMMIT"):
         load_adapter(str(folder))
     # with both, transformers 5 is refused before anything is downloaded or executed
     with pytest.raises(RuntimeError, match="transformers 4.x.*separate environment"):

@@ -383,14 +383,14 @@ class LALMAdapter:
 @dataclass(frozen=True)
 class ModelSpec:
     """A registered model: adapter class (module:Class, imported lazily), default revision,
-    LoRA target pattern, and notes. `path` is set for models built in this repository."""
+    LoRA target pattern, and notes. `path` is set for models built in this repository. A model
+    whose adapter runs hub remote code checks the opt-in itself, in its `load`."""
 
     adapter: str
     revision: str | None
     lora_pattern: str
     notes: str
     path: Path | None = None
-    remote_code: bool = False
 
     @property
     def adapter_class(self) -> type[LALMAdapter]:
@@ -414,7 +414,7 @@ REGISTRY: dict[str, ModelSpec] = {
     "Qwen/Qwen-Audio-Chat": ModelSpec(
         "qwen_audio_chat:QwenAudioChatAdapter", None, QWEN1_LLM_LORA_PATTERN,
         "remote code for transformers 4.x: needs trust_remote_code=True, a reviewed commit "
-        "passed as revision=, and a separate transformers<4.50 environment", remote_code=True),
+        "passed as revision=, and a separate transformers<4.50 environment"),
 }
 
 # config.json model_type -> adapter, for local folders.
@@ -424,10 +424,6 @@ MODEL_TYPES = {
     "qwen2_5_omni_thinker": "qwen25_omni:Qwen25OmniAdapter",
     "qwen": "qwen_audio_chat:QwenAudioChatAdapter",
 }
-
-
-# how run_all.sh, rrs.pipeline and rrs.evaluation spell the two arguments
-REMOTE_CODE_FLAGS = "(run_all.sh, rrs.pipeline, rrs.evaluation: --trust-remote-code --revision COMMIT)"
 
 
 def _missing_weights_message(model_id: str, revision: str | None, err: Exception) -> str:
@@ -444,15 +440,12 @@ def load_adapter(model_id_or_path: str, *, device: str = "cpu", dtype: str = "fl
     """Load a registered model id (see REGISTRY) or a local Hugging Face model folder.
 
     Local folders pick their adapter from config.json's model_type. `local_files_only=None`
-    follows HF_HUB_OFFLINE. Remote-code models need trust_remote_code=True and a revision.
+    follows HF_HUB_OFFLINE. Remote-code models need trust_remote_code=True and a revision
+    (their adapter's `load` checks both before anything is downloaded or run).
     """
     if model_id_or_path in REGISTRY:
         spec = REGISTRY[model_id_or_path]
         model_id, revision = model_id_or_path, revision or spec.revision
-        if spec.remote_code and not trust_remote_code:
-            raise ValueError(f"{model_id} runs code from its hub repository; opt in with "
-                             "trust_remote_code=True and pin a reviewed commit with revision= "
-                             f"{REMOTE_CODE_FLAGS}")
         if spec.path is not None:
             if not (spec.path / "config.json").is_file():
                 raise FileNotFoundError(f"{model_id!r} is not built yet: no {spec.path}/config.json. "
@@ -485,9 +478,6 @@ def load_adapter(model_id_or_path: str, *, device: str = "cpu", dtype: str = "fl
                              f"supported: {sorted(MODEL_TYPES)}")
         module, name = MODEL_TYPES[model_type].split(":")
         cls = getattr(importlib.import_module(f"rrs.models.{module}"), name)
-        if getattr(cls, "remote_code", False) and not trust_remote_code:
-            raise ValueError(f"{folder} ({model_type}) runs remote code; opt in with trust_remote_code=True "
-                             f"{REMOTE_CODE_FLAGS}")
         model_id, source = str(folder), str(folder)
         local_files_only = True
     else:

@@ -57,11 +57,14 @@ import transformers
 from transformers import BatchFeature
 
 from ..modes import ModelInput
-from .base import QWEN1_LLM_LORA_PATTERN, REMOTE_CODE_FLAGS, LALMAdapter, torch_dtype
+from .base import QWEN1_LLM_LORA_PATTERN, LALMAdapter, torch_dtype
 
 SEPARATE_ENV = ('a separate environment with transformers 4.x (e.g. transformers==4.45.2, peft==0.13.2, '
                 'accelerate<1.3, tiktoken, transformers_stream_generator, einops and the rest of '
                 'requirements.lock; the commands are in the docstring of rrs/models/qwen_audio_chat.py)')
+
+# how run_all.sh, rrs.pipeline and rrs.evaluation spell the two arguments
+REMOTE_CODE_FLAGS = "(run_all.sh, rrs.pipeline, rrs.evaluation: --trust-remote-code --revision COMMIT)"
 
 
 def check_remote_code_allowed(model_id: str, trust_remote_code: bool, revision: str | None) -> None:
@@ -83,7 +86,6 @@ def check_transformers_4() -> None:
 class QwenAudioChatAdapter(LALMAdapter):
     lora_target_pattern = QWEN1_LLM_LORA_PATTERN
     system_prompt = "You are a helpful assistant."
-    remote_code = True
     # its remote-code transformer merges audio inside one module (no separate decoder stack
     # to stop at), so training runs the whole forward pass every step
     caches_decoder_inputs = False
