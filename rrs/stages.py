@@ -73,10 +73,10 @@ def setup(profile="mini", seed: int = 0, model: str | None = None, device: str |
 
     `model` defaults to the profile's first model (a registered id or a local folder);
     `device` / `dtype` default to the profile's; `revision` and `trust_remote_code` go to
-    `load_adapter` (a model with hub remote code, Qwen-Audio-Chat, needs both). `n_train` caps the training pairs,
-    `n_test` the pairs of each test set (the paper pairs' test split and each extra set)
-    and `epochs` sets the RRS and SFT epochs (all for quick runs and tests; None keeps the
-    profile's). The epochs are not part of a checkpoint's cache key, so a shorter run
+    `load_adapter` (a model with hub remote code, Qwen-Audio-Chat, needs both). `n_train` caps
+    the training pairs, `n_test` the pairs of each test set (the paper pairs' test split and
+    each extra set) and `epochs` sets the RRS and SFT epochs (all for quick runs and tests;
+    None keeps the profile's). The epochs are not part of a checkpoint's cache key, so a shorter run
     reuses, and a longer one continues, the same training run.
     """
     from .models import load_adapter

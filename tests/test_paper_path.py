@@ -58,9 +58,9 @@ def _save_tiny(arch: str, folder: Path) -> Path:
 
 
 def _remote_code_env() -> bool:
-    import transformers
+    from rrs.models.base import transformers_major
 
-    return int(transformers.__version__.split(".")[0]) < 5 and bool(os.environ.get("RRS_QWEN_AUDIO_REMOTE_CODE"))
+    return transformers_major() < 5 and bool(os.environ.get("RRS_QWEN_AUDIO_REMOTE_CODE"))
 
 
 QWEN_AUDIO_CHAT = pytest.param("qwen_audio_chat", marks=pytest.mark.skipif(

@@ -68,14 +68,15 @@ def verify_mini(path: str | Path | None = None, *, check_hashes: bool = True) ->
 
 def load_mini(path: str | Path | None = None, *, device: str = "cpu", dtype: str = "float32"):
     """Verify (see `verify_mini`) and load a mini-LALM as an rrs.models adapter."""
-    from ..models import load_adapter
-
     import transformers
+
+    from ..models import load_adapter
+    from ..models.base import transformers_major
 
     folder = Path(path) if path is not None else MODEL_DIR
     verify_mini(folder, check_hashes=False)  # a mini-LALM folder at all; load_adapter checks the hashes
     # e.g. in Qwen-Audio-Chat's transformers-4 environment, where loading fails on a missing file
-    if int(transformers.__version__.split(".")[0]) < 5:
+    if transformers_major() < 5:
         raise MiniModelError(f"{folder}: a mini-LALM is saved in the layout of transformers 5 (its "
                              f"processor files) and does not load with transformers {transformers.__version__}; "
                              "use the project's environment (.venv, made by ./scripts/bootstrap.sh)")

@@ -426,6 +426,16 @@ MODEL_TYPES = {
 }
 
 
+def transformers_major() -> int:
+    """The installed transformers' major version: the project runs on 5, Qwen-Audio-Chat's
+    remote code only on 4."""
+    # imported here: transformers replaces its module in sys.modules as it loads, so a module
+    # bound at import time may not be the one a test patches
+    import transformers
+
+    return int(transformers.__version__.split(".")[0])
+
+
 def _missing_weights_message(model_id: str, revision: str | None, err: Exception) -> str:
     rev = f", revision={revision!r}" if revision else ""
     return (f"The weights of {model_id!r} are not available on this machine ({type(err).__name__}: {err}). "

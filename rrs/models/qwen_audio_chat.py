@@ -57,7 +57,7 @@ import transformers
 from transformers import BatchFeature
 
 from ..modes import ModelInput
-from .base import QWEN1_LLM_LORA_PATTERN, LALMAdapter, torch_dtype
+from .base import QWEN1_LLM_LORA_PATTERN, LALMAdapter, torch_dtype, transformers_major
 
 SEPARATE_ENV = ('a separate environment with transformers 4.x (e.g. transformers==4.45.2, peft==0.13.2, '
                 'accelerate<1.3, tiktoken, transformers_stream_generator, einops and the rest of '
@@ -77,8 +77,7 @@ def check_remote_code_allowed(model_id: str, trust_remote_code: bool, revision: 
 
 
 def check_transformers_4() -> None:
-    major = int(transformers.__version__.split(".")[0])
-    if major >= 5:
+    if transformers_major() >= 5:
         raise RuntimeError(f"Qwen-Audio-Chat's remote code targets transformers 4.x, but transformers "
                            f"{transformers.__version__} is installed. Run it in {SEPARATE_ENV}.")
 
