@@ -67,7 +67,8 @@ class DataError(ValueError):
 def _where_to_get(key: str) -> str:
     src = SOURCES[key]
     return (f"get it from {src.url} (licence: {src.licence}) into <data dir>/{src.path}, "
-            "point RRS_DATA_DIR at a folder holding it, or run rrs.data.download_sources()")
+            "point RRS_DATA_DIR at a folder holding it, or fetch it with "
+            "rrs.data.download_sources(FOLDER) and set RRS_DATA_DIR=FOLDER")
 
 
 def parse_records(key: str, raw: bytes) -> list[dict]:

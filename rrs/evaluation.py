@@ -438,12 +438,20 @@ def evaluate(adapter, questions_df: pd.DataFrame, modes: Sequence[str], *, metho
     audio_modes = [m for m in modes if m != "text-only"]
     if audio_modes and load_audio is None:
         raise ValueError(f"mode {audio_modes[0]!r} needs load_audio")
+    names = questions_df["test_set"].astype(str).drop_duplicates()
+    clash = names[names.map(_safe).duplicated(keep=False)]
+    if len(clash):
+        raise ValueError(f"test sets {sorted(clash)} would share one verdict file name; rename them")
     tok = getattr(adapter, "tokenizer", None)
     all_rows: list[dict] = []
     for mode in modes:
-        fp = fingerprint or model_fingerprint(adapter, model, mode=mode, prompt=prompt,
-                                              max_new_tokens=max_new_tokens)
         for test_set, g in questions_df.groupby("test_set", sort=True):
+            # without a caller's fingerprint, the questions and their clips are part of it, so
+            # that an edited question file is judged again rather than read back from the last run
+            fp = fingerprint or model_fingerprint(
+                adapter, model, mode=mode, prompt=prompt, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                questions=questions_digest(g, audio=False), capability=getattr(capability, "__name__", None),
+                clips=None if mode == "text-only" else clips_digest(g, load_audio))
             path = verdicts_path(out_dir, method, mode, test_set)
             ids = [str(i) for i in g["id"]]
             if path.exists():
@@ -493,6 +501,15 @@ def questions_digest(df: pd.DataFrame, audio: bool = True) -> str:
         names = [Path(p).name if isinstance(p, str) and p else "" for p in df["audio_path"]]
         records = [r + [n] for r, n in zip(records, names)]
     return rio.sha256_json(records)[:16]
+
+
+def clips_digest(df: pd.DataFrame, load_audio: Callable) -> str:
+    """sha256 of the waveforms `load_audio` gives for the rows of `df` (a recording replaced
+    under the same file name changes it)."""
+    h = hashlib.sha256()
+    for _, row in df.iterrows():
+        h.update(np.ascontiguousarray(load_audio(row), dtype=np.float32).tobytes())
+    return h.hexdigest()[:16]
 
 
 def select_test_sets(questions: pd.DataFrame, test_sets: Sequence[str]) -> pd.DataFrame:
@@ -636,7 +653,9 @@ def load_question_file(path: str | Path) -> pd.DataFrame:
         raise FileNotFoundError(f"questions file not found: {path}")
     suffix = path.suffix.lower()
     try:
-        if suffix == ".csv":
+        if suffix == ".jsonl":
+            df = pd.DataFrame(rio.read_jsonl(path))  # its errors name the file and the line
+        elif suffix == ".csv":
             df = pd.read_csv(path, dtype=str, keep_default_na=False)
         elif suffix == ".json":
             obj = json.loads(path.read_text(encoding="utf-8"))
@@ -645,14 +664,12 @@ def load_question_file(path: str | Path) -> pd.DataFrame:
             if not isinstance(obj, list) or not all(isinstance(r, dict) for r in obj):
                 raise ValueError("expected a JSON list of objects (or {'questions': [...]})")
             df = pd.DataFrame(obj)
-        elif suffix == ".jsonl":
-            df = pd.DataFrame(rio.read_jsonl(path))
         else:
             raise ValueError("unsupported file type; use .csv, .json or .jsonl")
     except pd.errors.ParserError as e:
         raise ValueError(f"{path}: not a readable CSV ({e}); check its quotes and commas") from e
     except (ValueError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: {e}") from e
+        raise ValueError(e if str(e).startswith(f"{path}:") else f"{path}: {e}") from e
     if df.empty:
         raise ValueError(f"{path}: no questions in the file")
     for col in ("text", "label"):
@@ -675,7 +692,11 @@ def load_question_file(path: str | Path) -> pd.DataFrame:
         raise ValueError(f"{path}: empty question text in questions {[i + 1 for i in empty[:5]]} "
                          "(1 = the first question)")
     if "id" in df.columns:
-        df["id"] = df["id"].astype(str)
+        no_id = df.index[df["id"].isna() | (df["id"].astype(str).str.strip() == "")]
+        if len(no_id):
+            raise ValueError(f"{path}: questions {[i + 1 for i in no_id[:5]]} have no id; give every "
+                             "question an id, or leave the id column out (then they are numbered)")
+        df["id"] = df["id"].astype(str).str.strip()
     else:
         df["id"] = [f"q{i:05d}" for i in range(1, len(df) + 1)]
     dup = df["id"][df["id"].duplicated()]
@@ -737,10 +758,13 @@ def checkpoint_kind(checkpoint: str | Path) -> str:
 
 
 def audio_window_seconds(adapter) -> float | None:
-    """The longest clip the model's feature extractor takes whole (None when it does not say)."""
+    """The longest clip the model takes whole: its feature extractor's window, else the
+    adapter's own `audio_window_seconds` (None when neither says)."""
     extractor = getattr(getattr(adapter, "processor", None), "feature_extractor", None)
     n_samples = getattr(extractor, "n_samples", None)
-    return n_samples / getattr(extractor, "sampling_rate", 16_000) if n_samples else None
+    if n_samples:
+        return n_samples / getattr(extractor, "sampling_rate", 16_000)
+    return getattr(adapter, "audio_window_seconds", None)
 
 
 def _audio_loader(speak_kwargs: dict | None = None, max_seconds: float | None = None):
@@ -797,6 +821,8 @@ def run(argv=None) -> dict:
         check_mode(m)
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1 (got {args.max_new_tokens})")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1 (got {args.batch_size})")
     questions = load_question_file(args.questions)
     judge = PhraseJudge(args.judge_list)
     if args.adapter:

@@ -98,8 +98,21 @@ def write_jsonl(path: str | Path, rows) -> Path:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
+    """The JSON objects of a JSONL file, one a line (blank lines skipped); ValueError naming
+    the file and line for a line that is not a JSON object."""
+    rows = []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: line {number} is not valid JSON ({e.msg}, column {e.colno})") from e
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}: line {number} is not a JSON object ({type(row).__name__})")
+            rows.append(row)
+    return rows
 
 
 def sha256_file(path: str | Path) -> str:
@@ -180,14 +193,6 @@ def write_with_provenance(files: dict, record: dict, beside: str | Path) -> Path
     record_path = provenance_path(beside)
     write_together({**files, record_path: json_text(record)})
     return record_path
-
-
-def write_provenance(path: str | Path, record: dict) -> Path:
-    """Write `record` beside `path` (figure or table) as `<stem>.provenance.json`.
-
-    No time stamp goes in, so that the same run twice gives byte-identical records.
-    """
-    return write_json(provenance_path(path), record)
 
 
 def utc_now() -> str:

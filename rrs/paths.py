@@ -23,8 +23,8 @@ def data_dir() -> Path:
         return default
     raise FileNotFoundError(
         "No data directory: set RRS_DATA_DIR to a folder holding rrs_paper/, public/ and "
-        f"sarsteer/ (looked for {default}), or call rrs.data.download_sources() to fetch "
-        "the files from their pinned public sources."
+        f"sarsteer/ (looked for {default}), or fetch the files from their pinned public sources "
+        "with rrs.data.download_sources(FOLDER) and set RRS_DATA_DIR=FOLDER."
     )
 
 

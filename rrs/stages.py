@@ -79,7 +79,9 @@ def setup(profile="mini", seed: int = 0, model: str | None = None, device: str |
     None keeps the profile's). The epochs are not part of a checkpoint's cache key, so a shorter run
     reuses, and a longer one continues, the same training run.
     """
+    from .mini import check_split_seed
     from .models import load_adapter
+    from .models.base import mini_folder
 
     # another model than the profile's own writes to runs/<profile>/models/, never over the
     # committed mini outputs (Profile.for_model)
@@ -99,10 +101,27 @@ def setup(profile="mini", seed: int = 0, model: str | None = None, device: str |
         raise RuntimeError(f"profile {P.name!r} runs on {device!r}, but no CUDA GPU is visible here; "
                            "pass device='cpu' and dtype='float32' to run it on the CPU "
                            "(./run_all.sh --device cpu --dtype float32)")
+    # before any speech is made: an unknown model id, or a mini build whose corpus was drawn
+    # for another seed's split (its training data could hold this seed's test questions)
+    mini = mini_folder(model or P.default_model)
+    if mini is not None:
+        check_split_seed(mini, int(seed))
     questions = data.prepare_dataset(P, seed=seed, progress=progress)
     adapter = load_adapter(model or P.default_model, device=device, dtype=dtype, revision=revision,
                            trust_remote_code=bool(trust_remote_code))
     return P, adapter, questions
+
+
+def provenance(P: Profile, adapter, seed: int, *, notebook: str, model: str | None = None, **extra) -> dict:
+    """The record beside a notebook's figures and tables (rrs.io.provenance), with how the
+    model ran (dtype, device, revision) and the profile's caps on data and epochs, which a
+    quick run (./run_all.sh --dtype ..., the tests' n_train / n_test / epochs) changes."""
+    run = {"dtype": str(adapter.dtype).replace("torch.", ""), "device": str(adapter.device),
+           "revision": getattr(adapter, "revision", None), "max_train_pairs": P.max_train_pairs,
+           "max_test_pairs": P.max_test_pairs, "max_eval_questions": P.max_eval_questions,
+           "train_epochs": P.train.epochs}
+    return rio.provenance(P.name, model or adapter.model_id, seed, data.data_checksum(), notebook=notebook,
+                          run=run, **extra)
 
 
 # ----------------------------------------------------------------------------- keys

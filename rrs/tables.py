@@ -8,6 +8,7 @@ ablation (5, data statistics, comes from rrs.data.statistics).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Sequence
 
@@ -96,9 +97,11 @@ def _check_long(df: pd.DataFrame, source: str = "long results") -> None:
         raise ValueError(f"{source} lack columns {missing}")
 
 
-def append_long(long_path: str | Path, df: pd.DataFrame) -> pd.DataFrame:
+def append_long(long_path: str | Path, df: pd.DataFrame, provenance: dict) -> pd.DataFrame:
     """Merge `df` into the long results CSV: rows with the same (model, method, mode,
-    test_set, metric) replace the old ones; sorted by that key; written atomically."""
+    test_set, metric) replace the old ones; sorted by that key. The file holds rows of
+    several notebooks, so its provenance record keeps one record a notebook (`provenance`,
+    the writer's, replaces that notebook's last); both are written together."""
     _check_long(df)
     long_path = Path(long_path)
     new = df[LONG_COLUMNS]
@@ -115,7 +118,15 @@ def append_long(long_path: str | Path, df: pd.DataFrame) -> pd.DataFrame:
     merged = (new.drop_duplicates(KEY, keep="last").sort_values(KEY, kind="stable")
               .reset_index(drop=True))
     merged["n"] = merged["n"].astype(int)
-    rio.write_text(long_path, merged.to_csv(index=False, lineterminator="\n"))
+    record_path = rio.provenance_path(long_path)
+    try:
+        sources = json.loads(record_path.read_text(encoding="utf-8"))["sources"] if record_path.exists() and long_path.exists() else {}
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{record_path}: not a readable provenance record ({e}); move it away, with "
+                         f"{long_path.name}, to start a new one") from e
+    sources[str(provenance.get("notebook", "unnamed"))] = provenance
+    rio.write_with_provenance({long_path: merged.to_csv(index=False, lineterminator="\n")},
+                              {"table": "results_long", "sources": sources}, beside=long_path)
     return merged
 
 

@@ -62,10 +62,10 @@ def _one_run(root: Path, tiny_items, tiny_waveform, monkeypatch) -> dict[str, by
         rows += evaluation.evaluate_method(adapter, questions, P, 0, method, checkpoint, test_sets=["paper_test"],
                                            modes=MODES, progress=False)
     long = evaluation.summarise(rows)
-    tables.append_long(P.tables_dir / "results_long.csv", long)
+    prov = rio.provenance(P.name, adapter.model_id, 0, "data-checksum", notebook="test_determinism")
+    tables.append_long(P.tables_dir / "results_long.csv", long, prov)
     table = evaluation.n_in_columns(tables.pivot_main_table(long, ci="interval", methods=["vanilla", "sft_refusal", "rrs"]),
                                     long)
-    prov = rio.provenance(P.name, adapter.model_id, 0, "data-checksum", notebook="test_determinism")
     tables.save_table(table, "table1_main_results", P.tables_dir, prov)
 
     written = {}
@@ -84,6 +84,7 @@ def test_two_runs_write_identical_files(tmp_path, tiny_items, tiny_waveform, mon
     assert sorted(first) == sorted(second)
     expected = {f"out/tables/table1_main_results.{ext}" for ext in ("csv", "md", "tex")}
     expected |= {"out/tables/table1_main_results.provenance.json", "out/tables/results_long.csv",
+                 "out/tables/results_long.provenance.json",
                  "ckpt/sft_refusal/epoch_1/adapter_model.safetensors", "ckpt/rrs/epoch_1/adapter_model.safetensors"}
     assert expected <= set(first)
     verdicts = [p for p in first if p.endswith(".jsonl")]

@@ -224,7 +224,7 @@ def test_tables_dir_untouched_when_a_pivot_fails(tmp_path):
         tables.save_table(tables.pivot_top_m_table(long, {"12.5%": "rrs_top12.5"}), "table3_top_m", tables_dir,
                           {"profile": "mini"})
     with pytest.raises(ValueError, match="lack columns"):
-        tables.append_long(tables_dir / "results_long.csv", long.drop(columns=["n"]))
+        tables.append_long(tables_dir / "results_long.csv", long.drop(columns=["n"]), {"profile": "mini"})
     assert {p.name: p.read_bytes() for p in tables_dir.iterdir()} == before
     assert json.loads((tables_dir / "table3_top_m.provenance.json").read_text())["table"] == "table3_top_m"
 

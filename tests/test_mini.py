@@ -145,6 +145,9 @@ def test_load_errors(tmp_path):
     (wrong / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(MiniModelError, match="not a mini-LALM config"):
         load_mini(wrong)
+    (wrong / "config.json").write_text("[1, 2]")
+    with pytest.raises(MiniModelError, match=r"config\.json is not a mini-LALM config \(not a JSON object\)"):
+        load_mini(wrong)
 
     corrupt = shutil.copytree(MODEL_DIR, tmp_path / "corrupt")
     blob = bytearray((corrupt / "model.safetensors").read_bytes())

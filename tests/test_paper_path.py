@@ -128,6 +128,11 @@ def test_paper_profile_notebooks(arch, paper_env):
     for metric, label in (("asr", "harmful"), ("over_rejection", "benign"), ("capability", "benign")):
         rows = long[long.metric == metric]
         assert len(rows) and (rows.n == [counts[t, label] for t in rows.test_set]).all(), metric
+    # every notebook that wrote rows is on record, with the dtype and the caps it ran with
+    sources = json.loads((out / "tables" / "results_long.provenance.json").read_text())["sources"]
+    assert set(sources) == {"05_main_results", "06_ablations", "07_capability"}
+    assert {(r["profile"], r["model"], r["run"]["dtype"], r["run"]["max_test_pairs"]) for r in sources.values()} == {
+        ("paper", str(model), "float32", COMMON["n_test"])}
     for table in ("table1_main_results", "table2_capability", "table3_top_m", "table4_structures",
                   "rrs_training_length", "ablation_answer_agreement"):
         for ext in ("csv", "md", "tex", "provenance.json"):

@@ -129,9 +129,11 @@ def test_provenance_record(tmp_path):
 
     assert record["platform"]["torch"] == torch.__version__ and record["platform"]["cpu_kernels"]
     assert record["git_commit"] != ""
-    path = rio.write_provenance(tmp_path / "figure1.png", record)
-    assert path.name == "figure1.provenance.json"
-    assert json.loads(path.read_text())["notebook"] == "01"
+    figure = tmp_path / "figure1.png"
+    path = rio.write_with_provenance({figure: b"png"}, record, beside=figure)
+    saved = json.loads(path.read_text())
+    assert path.name == "figure1.provenance.json" and figure.read_bytes() == b"png"
+    assert saved["notebook"] == "01" and saved["files"] == {"figure1.png": rio.sha256_content(b"png")}
 
 
 def _cells(nb_path):

@@ -232,3 +232,38 @@ def test_setup_passes_revision_and_the_remote_code_opt_in_to_the_loader(monkeypa
         stages.setup("ci", 0, model="Qwen/Qwen-Audio-Chat", revision="a" * 40, trust_remote_code=True)
     assert seen == {"model": "Qwen/Qwen-Audio-Chat", "device": "cpu", "dtype": "float32", "revision": "a" * 40,
                     "trust_remote_code": True}
+
+
+def test_setup_stops_before_any_speech_on_a_model_it_cannot_use(monkeypatch, tmp_path):
+    import shutil
+
+    from rrs.mini import MODEL_DIR, MiniModelError
+    from rrs.models.base import mini_folder
+
+    def no_speech(*args, **kwargs):
+        raise AssertionError("the questions were spoken before the model was checked")
+
+    monkeypatch.setattr(stages.data, "prepare_dataset", no_speech)
+    with pytest.raises(ValueError, match="unknown model 'no/such-model'"):
+        stages.setup("ci", 0, model="no/such-model")
+    # the committed build's corpus leaves out seed 0's test split only
+    with pytest.raises(MiniModelError, match=r"built for split seed 0, not seed=1.*--seed 1"):
+        stages.setup("ci", 1)
+    other = shutil.copytree(MODEL_DIR, tmp_path / "build")
+    record = json.loads((other / "build_record.json").read_text())
+    record["config"]["split_seed"] = 1
+    (other / "build_record.json").write_text(json.dumps(record))
+    with pytest.raises(MiniModelError, match="built for split seed 1, not seed=0"):
+        stages.setup("ci", 0, model=str(other))
+    assert mini_folder("mini-lalm") == MODEL_DIR and mini_folder(str(other)) == other.resolve()
+    assert mini_folder("Qwen/Qwen2-Audio-7B-Instruct") is None
+
+
+def test_provenance_records_how_the_model_ran(adapter, P):
+    record = stages.provenance(dataclasses.replace(P, max_train_pairs=7), adapter, 0, notebook="04", epochs=3)
+    assert record["run"] == {"dtype": "float32", "device": "cpu", "revision": None, "max_train_pairs": 7,
+                             "max_test_pairs": P.max_test_pairs, "max_eval_questions": P.max_eval_questions,
+                             "train_epochs": 1}
+    assert (record["model"], record["seed"], record["notebook"], record["epochs"]) == (adapter.model_id, 0, "04", 3)
+    assert record["profile"] == "mini" and record["data_checksum"] and record["git_commit"]
+    assert stages.provenance(P, adapter, 0, notebook="05", model="my-model")["model"] == "my-model"

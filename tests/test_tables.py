@@ -96,11 +96,11 @@ def test_a_failed_later_file_leaves_the_whole_old_table(tmp_path, monkeypatch):
 
 def test_append_long_replaces_same_keys_and_sorts(tmp_path):
     path = tmp_path / "tables" / "results_long.csv"
-    tables.append_long(path, long_df(methods=("vanilla",)))
-    tables.append_long(path, long_df(methods=("rrs",)))
+    tables.append_long(path, long_df(methods=("vanilla",)), PROV)
+    tables.append_long(path, long_df(methods=("rrs",)), PROV)
     newer = long_df(methods=("vanilla",))
     newer["value"] = 99.0
-    merged = tables.append_long(path, newer.iloc[:2])
+    merged = tables.append_long(path, newer.iloc[:2], PROV)
     back = pd.read_csv(path)
     assert list(back.columns) == LONG_COLUMNS and len(back) == 12
     assert back.equals(back.sort_values(tables.KEY).reset_index(drop=True))
@@ -109,17 +109,37 @@ def test_append_long_replaces_same_keys_and_sorts(tmp_path):
     assert (back[(back.method == "vanilla") & (back["mode"] == "text-only")]["value"] != 99.0).all()
     assert len(merged) == 12 and not list(path.parent.glob("*.tmp"))
     with pytest.raises(ValueError, match="lack columns"):
-        tables.append_long(path, pd.DataFrame({"model": ["m"]}))
+        tables.append_long(path, pd.DataFrame({"model": ["m"]}), PROV)
+
+
+def test_append_long_records_each_notebook_that_wrote_rows(tmp_path):
+    import json
+
+    from rrs import io as rio
+
+    path = tmp_path / "results_long.csv"
+    tables.append_long(path, long_df(methods=("vanilla",)), {**PROV, "notebook": "05", "seed": 0})
+    tables.append_long(path, long_df(methods=("rrs",)), {**PROV, "notebook": "06", "seed": 0})
+    tables.append_long(path, long_df(methods=("rrs",)), {**PROV, "notebook": "06", "seed": 1})
+    record = json.loads(rio.provenance_path(path).read_text())
+    assert {k: v["seed"] for k, v in record["sources"].items()} == {"05": 0, "06": 1}
+    assert record["files"] == {"results_long.csv": rio.sha256_file(path)}
+    path.unlink()                                     # a new file starts a new record
+    tables.append_long(path, long_df(methods=("rrs",)), {**PROV, "notebook": "07"})
+    assert set(json.loads(rio.provenance_path(path).read_text())["sources"]) == {"07"}
+    rio.provenance_path(path).write_text("[]")
+    with pytest.raises(ValueError, match=r"results_long\.provenance\.json: not a readable provenance record"):
+        tables.append_long(path, long_df(), PROV)
 
 
 def test_append_long_names_a_broken_results_file(tmp_path):
     path = tmp_path / "results_long.csv"
     path.write_text("model,method\nm,rrs\n")
     with pytest.raises(ValueError, match=r"results_long\.csv lack columns \['mode'"):
-        tables.append_long(path, long_df())
+        tables.append_long(path, long_df(), PROV)
     path.write_text('model,method\n"m,rrs\n')
     with pytest.raises(ValueError, match=r"results_long\.csv: not a readable results CSV"):
-        tables.append_long(path, long_df())
+        tables.append_long(path, long_df(), PROV)
     assert path.read_text() == 'model,method\n"m,rrs\n'   # left as it was
 
 
@@ -128,10 +148,10 @@ def test_append_long_keeps_numbers_it_does_not_replace_to_the_last_digit(tmp_pat
     path = tmp_path / "results_long.csv"
     df = long_df(methods=("rrs",))
     df["ci_low"] = 44.233196687777834
-    tables.append_long(path, df)
+    tables.append_long(path, df, PROV)
     first = path.read_bytes()
-    tables.append_long(path, long_df(methods=("vanilla",)))
-    tables.append_long(path, long_df(methods=("vanilla",)))
+    tables.append_long(path, long_df(methods=("vanilla",)), PROV)
+    tables.append_long(path, long_df(methods=("vanilla",)), PROV)
     assert b"44.233196687777834" in first and path.read_bytes().count(b"44.233196687777834") == len(df)
 
 

@@ -48,6 +48,8 @@ def verify_mini(path: str | Path | None = None, *, check_hashes: bool = True) ->
         raise MiniModelError(f"{folder}: unreadable config.json or {RECORD} ({e}); {hint}") from e
     if not (isinstance(record, dict) and record.get(MARKER) is True):
         raise MiniModelError(f"{folder}/{RECORD} does not describe a mini-LALM build (no {MARKER!r} marker)")
+    if not isinstance(config, dict):
+        raise MiniModelError(f"{folder}/config.json is not a mini-LALM config (not a JSON object)")
     if config.get("model_type") != "qwen2_audio" or config.get(MARKER) is not True:
         raise MiniModelError(f"{folder}/config.json is not a mini-LALM config (model_type="
                              f"{config.get('model_type')!r}, {MARKER}={config.get(MARKER)!r})")
@@ -64,6 +66,18 @@ def verify_mini(path: str | Path | None = None, *, check_hashes: bool = True) ->
                 raise MiniModelError(f"{folder}/{name} fails its checksum (sha256 {got[:12]}…, "
                                      f"recorded {want[:12]}…): the file was altered or damaged; {hint}")
     return record
+
+
+def check_split_seed(path: str | Path | None, seed: int) -> None:
+    """Raise MiniModelError when the build at `path` was made for another split seed than
+    `seed`: its training corpus then excludes another seed's test split, not this one's."""
+    folder = Path(path) if path is not None else MODEL_DIR
+    built_for = verify_mini(folder, check_hashes=False)["config"]["split_seed"]
+    if built_for != seed:
+        raise MiniModelError(f"the mini-LALM at {folder} was built for split seed {built_for}, not seed={seed}, "
+                             "so its training corpus may hold this seed's test questions; build one for it "
+                             f"(`python -m rrs.mini.build --out DIR --seed {seed}`) and pass it as the model "
+                             "(./run_all.sh --model DIR)")
 
 
 def load_mini(path: str | Path | None = None, *, device: str = "cpu", dtype: str = "float32"):

@@ -147,10 +147,10 @@ def write_behaviour_table(table: pd.DataFrame, profile, *, model: str, seed: int
     path = profile.tables_dir / TABLE_NAME
     out = table.copy()
     out["refusal_instruction"] = out["refusal_instruction"].map(lambda b: "true" if b else "false")
-    rio.write_text(path, out.to_csv(index=False))
-    rio.write_provenance(path, rio.provenance(profile.name, model, seed, data_checksum(),
-                                              table="mini LALM behaviour on the paper test split",
-                                              judge="PhraseJudge refusal_phrases_v1"))
+    rio.write_with_provenance({path: out.to_csv(index=False)},
+                              rio.provenance(profile.name, model, seed, data_checksum(),
+                                             table="mini LALM behaviour on the paper test split",
+                                             judge="PhraseJudge refusal_phrases_v1"), beside=path)
     return path
 
 

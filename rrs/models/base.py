@@ -444,6 +444,29 @@ def _missing_weights_message(model_id: str, revision: str | None, err: Exception
             "HF_HUB_OFFLINE=1; or pass a local folder path to load_adapter.")
 
 
+def _unknown_model(model_id_or_path: str) -> ValueError:
+    return ValueError(f"unknown model {model_id_or_path!r}: not a registered id nor a local folder. "
+                      f"Registered ids: {sorted(REGISTRY)}")
+
+
+def mini_folder(model_id_or_path: str) -> Path | None:
+    """The folder of the mini-LALM build that `model_id_or_path` names (the registered id, or
+    a local folder whose config.json carries the mini-LALM marker); None for any other model.
+    Raises `load_adapter`'s ValueError for a name that is neither registered nor a folder."""
+    if model_id_or_path in REGISTRY:
+        return REGISTRY[model_id_or_path].path
+    folder = Path(model_id_or_path).expanduser()
+    if not folder.is_dir():
+        raise _unknown_model(model_id_or_path)
+    from ..mini import MARKER
+
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # not a readable model folder: load_adapter says what is wrong with it
+    return folder.resolve() if isinstance(config, dict) and config.get(MARKER) is True else None
+
+
 def load_adapter(model_id_or_path: str, *, device: str = "cpu", dtype: str = "float32",
                  trust_remote_code: bool = False, revision: str | None = None,
                  local_files_only: bool | None = None) -> LALMAdapter:
@@ -491,8 +514,7 @@ def load_adapter(model_id_or_path: str, *, device: str = "cpu", dtype: str = "fl
         model_id, source = str(folder), str(folder)
         local_files_only = True
     else:
-        raise ValueError(f"unknown model {model_id_or_path!r}: not a registered id nor a local folder. "
-                         f"Registered ids: {sorted(REGISTRY)}")
+        raise _unknown_model(model_id_or_path)
 
     if local_files_only is None:
         from huggingface_hub import constants

@@ -88,6 +88,9 @@ class QwenAudioChatAdapter(LALMAdapter):
     # its remote-code transformer merges audio inside one module (no separate decoder stack
     # to stop at), so training runs the whole forward pass every step
     caches_decoder_inputs = False
+    # its tokenizer has no feature extractor to ask, and cuts every clip to 30 s (audio.py's
+    # pad_or_trim, N_SAMPLES = 480000): longer clips are refused instead (rrs.evaluation)
+    audio_window_seconds = 30.0
 
     @classmethod
     def load(cls, path_or_id, *, model_id, device="cpu", dtype="float32", revision=None,
