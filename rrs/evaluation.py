@@ -854,8 +854,6 @@ def run(argv=None) -> dict:
                     store_generations=args.store_generations, progress=not args.no_progress,
                     capability=None if args.no_capability else capability_score)
     long = summarise(rows)
-    rio.write_jsonl(out / "verdicts.jsonl", rows)
-    rio.write_text(out / "summary.csv", long.to_csv(index=False))
     summary = {
         "metrics": long.to_dict(orient="records"),
         "judges": judges_of(rows),
@@ -863,10 +861,15 @@ def run(argv=None) -> dict:
         "questions": str(args.questions),
         "questions_checksum": rio.sha256_json(questions.drop(columns=["audio_path"], errors="ignore")
                                               .to_dict(orient="records")),
-        "max_new_tokens": args.max_new_tokens, "store_generations": args.store_generations,
+        "clips_checksum": clips_digest(questions, load_audio) if spoken else None,
+        "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
+        "store_generations": args.store_generations,
         "git_commit": rio.git_commit(), "platform": rio.compute_platform(),
     }
-    rio.write_json(out / "summary.json", summary)
+    # the three files describe one run: written together, never a new summary beside old verdicts
+    rio.write_together({out / "verdicts.jsonl": rio.jsonl_text(rows),
+                        out / "summary.csv": long.to_csv(index=False),
+                        out / "summary.json": rio.json_text(summary)})
     print(long.to_string(index=False))
     return summary
 

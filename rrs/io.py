@@ -93,8 +93,12 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return write_text(path, json_text(obj))
 
 
+def jsonl_text(rows) -> str:
+    return "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows)
+
+
 def write_jsonl(path: str | Path, rows) -> Path:
-    return write_text(path, "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows))
+    return write_text(path, jsonl_text(rows))
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

@@ -399,6 +399,7 @@ def test_cli_end_to_end_with_checkpoint(tmp_path, fake_stack):
 
     saved = json.loads((out / "summary.json").read_text())
     assert saved["git_commit"] and saved["platform"]["torch"] == torch.__version__
+    assert len(saved["clips_checksum"]) == 16 and saved["batch_size"] == 16
     asr = {(m["mode"]): m["value"] for m in saved["metrics"] if m["metric"] == "asr"}
     assert asr == {"audio-only": 0.0, "text-only": 0.0}       # the fake LoRA refuses in every mode
     verdicts = [json.loads(line) for line in (out / "verdicts.jsonl").read_text().splitlines()]
@@ -412,6 +413,7 @@ def test_cli_names_the_method_the_checkpoint_records(tmp_path, fake_stack):
     args = ["--model", "fake-lalm", "--adapter", str(ckpt), "--questions", str(qfile), "--modes", "text-only",
             "--no-progress"]
     assert ev.run(args + ["--out", str(tmp_path / "a")])["method"] == "sft_mixed"
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["clips_checksum"] is None  # no audio mode
     assert ev.run(args + ["--out", str(tmp_path / "b"), "--method", "mine", "--revision", "abc123",
                           "--trust-remote-code"])["method"] == "mine"
     assert fake_stack["load_options"] == {"revision": "abc123", "trust_remote_code": True}
