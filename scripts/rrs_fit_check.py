@@ -40,6 +40,7 @@ from rrs import audio, stages  # noqa: E402
 from rrs.data import normalise_text  # noqa: E402
 from rrs.mini.corpus import decontaminate, synthetic_questions  # noqa: E402
 from rrs.modes import MODES  # noqa: E402
+from rrs.profiles import get_profile  # noqa: E402
 
 
 def extra_views(items: pd.DataFrame, P, n: int) -> pd.DataFrame:
@@ -85,6 +86,9 @@ def main(argv=None) -> None:
     ap.add_argument("--profile", default="mini")
     ap.add_argument("--model", default=None, help="model id or folder (default: the profile's)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--paper-settings", action="store_true",
+                    help="train with the paper profile's settings (r 16, alpha 4, dropout 0.1, 10 epochs, lr 5e-5, "
+                         "batch 4 x 2) in float32 instead of the profile's; the options below still override")
     ap.add_argument("--epochs", type=int, default=None, help="default: the profile's")
     ap.add_argument("--lr", type=float, default=None, help="default: the profile's")
     ap.add_argument("--rank", type=int, default=None, help="LoRA r (alpha keeps the profile's alpha/r)")
@@ -107,7 +111,7 @@ def main(argv=None) -> None:
 
 def run(args, run_dir: Path) -> None:
     P, adapter, questions = stages.setup(args.profile, args.seed, model=args.model, progress=False)
-    train_cfg = P.train
+    train_cfg = dataclasses.replace(get_profile("paper").train, dtype="float32") if args.paper_settings else P.train
     if args.rank is not None:
         train_cfg = dataclasses.replace(train_cfg, lora_r=args.rank,
                                         lora_alpha=round(train_cfg.lora_alpha * args.rank / train_cfg.lora_r, 6))
@@ -116,7 +120,8 @@ def run(args, run_dir: Path) -> None:
             train_cfg = dataclasses.replace(train_cfg, **{field: value})
     P = dataclasses.replace(P, train=train_cfg)
     print(f"RRS on {args.model or P.default_model}: epochs {train_cfg.epochs}, lr {train_cfg.lr:g}, "
-          f"r {train_cfg.lora_r}, alpha {train_cfg.lora_alpha:g}, penalty weight {train_cfg.penalty_weight:g}",
+          f"r {train_cfg.lora_r}, alpha {train_cfg.lora_alpha:g}, dropout {train_cfg.lora_dropout:g}, "
+          f"batch {train_cfg.batch_size} x {train_cfg.grad_accum}, penalty weight {train_cfg.penalty_weight:g}",
           flush=True)
 
     if args.views or args.synthetic:
@@ -140,6 +145,12 @@ def run(args, run_dir: Path) -> None:
     print(f"checkpoint: {checkpoint}")
     log = pd.DataFrame(stages.training_log(checkpoint))
     print("mean MSE per epoch:", " ".join(f"{e}:{m:.3f}" for e, m in log.groupby("epoch").mse.mean().items()))
+    try:  # the whole training set, scored before the first step and after each epoch
+        print("training-set MSE (harmful / benign) per epoch, 0 = vanilla:", " ".join(
+            f"{r['epoch']}:{r['mse']:.3f} ({r['mse_harmful']:.3f} / {r['mse_benign']:.3f})"
+            for r in stages.epoch_mse(checkpoint)))
+    except FileNotFoundError:  # a --views / --synthetic run does not score it
+        pass
 
     rows = []
     for split, table in (("train", stages.train_questions(questions)), ("test", stages.split_questions(questions))):
