@@ -31,6 +31,14 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     dtype: str = "bfloat16"
     penalty_weight: float = 1.0  # weight of sum ||s*B*A||_F^2 in the RRS loss
+    # "constant", or "linear": decay to 0 over the run, no warmup (the Hugging Face Trainer's
+    # default, which the authors' run used; the paper and colab profiles). With "linear" a run
+    # of another length is another run; with "constant" a longer run continues a shorter one.
+    lr_schedule: str = "constant"
+    # RRS's training prompts: "per_example", one drawn per question for the whole run (each
+    # question's decoder inputs are then read once and cached), or "per_batch": the pool
+    # shuffled for every batch, as in the authors' collator (the paper and colab profiles)
+    prompt_sampling: str = "per_example"
 
 
 @dataclass(frozen=True)
@@ -139,7 +147,8 @@ COLAB = Profile(
     dtype="float16",
     max_train_pairs=200,
     max_eval_questions=100,
-    train=TrainConfig(epochs=3, batch_size=2, grad_accum=4, dtype="float16"),
+    train=TrainConfig(epochs=3, batch_size=2, grad_accum=4, dtype="float16", lr_schedule="linear",
+                      prompt_sampling="per_batch"),
     eval_batch_size=8,
     max_new_tokens=32,
     checkpoint_epochs=(0, 1, 3),
@@ -151,7 +160,8 @@ PAPER = Profile(
     models=("Qwen/Qwen2.5-Omni-7B", "Qwen/Qwen2-Audio-7B-Instruct", "Qwen/Qwen-Audio-Chat"),
     device="cuda",
     dtype="bfloat16",
-    train=TrainConfig(),  # docs/method.md: r=16, alpha=4, dropout 0.1, 10 epochs, lr 5e-5, ...
+    # docs/method.md: r=16, alpha=4, dropout 0.1, 10 epochs, lr 5e-5 decaying to 0, ...
+    train=TrainConfig(lr_schedule="linear", prompt_sampling="per_batch"),
     eval_batch_size=16,
     max_new_tokens=64,
 )

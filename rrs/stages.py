@@ -16,10 +16,12 @@ so a stale artifact is never returned.
 Layout under rrs.paths.cache_dir(): features/<key>.pt and checkpoints/<key>/ (one folder
 per training run: epoch_1 ... epoch_N, training_state.pt, loss_log.json, stage.json and,
 for an RRS run that records it, epoch_mse.json; the ablation variants of METHODS do not).
-The epoch count is not part of a run's key: asking for more epochs than a run holds
-resumes it (the learning rate is constant and the batch order depends on (seed, epoch)
-only, so this equals a longer uninterrupted run); asking for fewer returns an earlier
-epoch's folder. An interrupted run is resumed after its last complete epoch.
+With a constant learning rate (the mini and ci profiles) the epoch count is not part of a
+run's key: asking for more epochs than a run holds resumes it (the batch order depends on
+(seed, epoch) only, so this equals a longer uninterrupted run); asking for fewer returns an
+earlier epoch's folder. With the paper's linear decay (the paper and colab profiles) the rate of
+every step depends on the run's length, so each length is a run of its own. An interrupted
+run is resumed after its last complete epoch.
 """
 from __future__ import annotations
 
@@ -147,9 +149,13 @@ def items_digest(items: pd.DataFrame) -> str:
     return rio.sha256_json(rows)[:16]
 
 
-def _train_config(P: Profile) -> dict:
+def _train_config(P: Profile, epochs: int | None = None) -> dict:
+    """The training settings that key a run: all but the epochs, so that a longer run continues
+    a shorter one; with a decaying learning rate the run's epochs too (another length, another run)."""
     cfg = dataclasses.asdict(P.train)
     cfg.pop("epochs")
+    if P.train.lr_schedule != "constant":
+        cfg["schedule_epochs"] = _epochs(P, epochs)
     return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
 
 
@@ -329,7 +335,8 @@ def _epochs(P: Profile, epochs: int | None) -> int:
 
 
 def rrs_run_dir(adapter, questions: pd.DataFrame, P, seed: int = 0, *, top_m: float | None = None,
-                structure: str = "mirror", features: SafetyFeatures | None = None, record_mse: bool = True) -> Path:
+                structure: str = "mirror", features: SafetyFeatures | None = None, record_mse: bool = True,
+                epochs: int | None = None) -> Path:
     """The cache folder of one RRS training run (see the module docstring)."""
     P = _profile(P)
     features = features or safety_features(adapter, questions, P, seed, top_m)
@@ -337,7 +344,7 @@ def rrs_run_dir(adapter, questions: pd.DataFrame, P, seed: int = 0, *, top_m: fl
     return cache_dir() / "checkpoints" / _key(
         {"stage": "rrs", "model": model_key(adapter), "top_m": None if top_m is None else float(top_m),
          "direction": features.direction_hash, "structure": structure, "items": items_digest(items),
-         "seed": seed, "train": _train_config(P),
+         "seed": seed, "train": _train_config(P, epochs),
          # True: the run records epoch_mse.json (runs from before that file existed are not reused)
          "epoch_mse": record_mse})
 
@@ -359,9 +366,9 @@ def rrs_checkpoint(adapter, questions: pd.DataFrame, P, seed: int = 0, *, top_m:
     features = safety_features(adapter, questions, P, seed, top_m, progress=progress)
     items = training_items(questions, structure, seed)
     run_dir = rrs_run_dir(adapter, questions, P, seed, top_m=top_m, structure=structure, features=features,
-                          record_mse=record_mse)
+                          record_mse=record_mse, epochs=epochs)
     record = {"stage": "rrs", "model_id": adapter.model_id, "top_m": top_m, "structure": structure, "seed": seed,
-              "profile": P.name, "items": len(items), "train": _train_config(P), "record_mse": record_mse}
+              "profile": P.name, "items": len(items), "train": _train_config(P, epochs), "record_mse": record_mse}
 
     def train(resume: bool):
         try:
@@ -398,12 +405,12 @@ def sft_checkpoint(adapter, questions: pd.DataFrame, P, seed: int = 0, *, kind: 
     epochs = _epochs(P, epochs)
     items = training_items(questions, "mirror", seed)
     key = {"stage": f"sft_{kind}", "model": model_key(adapter), "items": items_digest(items), "seed": seed,
-           "templates": list(REFUSAL_TEMPLATES), "train": _train_config(P), "prompts": list(TRAINING_PROMPTS)}
+           "templates": list(REFUSAL_TEMPLATES), "train": _train_config(P, epochs), "prompts": list(TRAINING_PROMPTS)}
     if kind == "mixed":
         key["max_new_tokens"] = P.max_new_tokens
     run_dir = cache_dir() / "checkpoints" / _key(key)
     record = {"stage": f"sft_{kind}", "model_id": adapter.model_id, "seed": seed, "profile": P.name,
-              "items": len(items), "train": _train_config(P)}
+              "items": len(items), "train": _train_config(P, epochs)}
     if _complete(_epoch_dir(run_dir, epochs)):
         return _epoch_dir(run_dir, epochs)
     rows, responses = _sft_data(adapter, items, P, seed, kind, progress)

@@ -134,6 +134,25 @@ def training_examples(items, modes: Sequence[str] = ("audio-text",), seed: int =
     return examples
 
 
+PROMPT_SAMPLINGS = ("per_example", "per_batch")
+
+
+def batch_prompts(n: int, prompt_pool: Sequence[str], seed: int, epoch: int, first: int) -> list[str]:
+    """The prompts of one training batch of `n` examples, drawn as the authors' collator draws
+    them: the pool shuffled, the batch's examples taking its prompts in turn (all different
+    while the batch is no larger than the pool). Seeded by (seed, epoch, the batch's first
+    example), so a resumed run draws the same prompts."""
+    pool = list(prompt_pool)
+    random.Random(f"rrs-prompts-{seed}-{epoch}-{first}").shuffle(pool)
+    return [pool[k % len(pool)] for k in range(n)]
+
+
+def with_prompts(examples: Sequence[Example], prompts: Sequence[str]) -> list[ModelInput]:
+    """Each example's x̃ with another prompt (only the audio-text mode has one)."""
+    return [dataclasses.replace(e.train_input, text=p) if e.mode == "audio-text" else e.train_input
+            for e, p in zip(examples, prompts)]
+
+
 def data_hash(examples: Sequence[Example], responses: Sequence[str] | None = None) -> str:
     rows = [[e.id, e.label, e.mode, e.train_input.text] for e in examples]
     return rio.sha256_json({"rows": rows, "responses": list(responses) if responses is not None else None})[:16]
@@ -277,7 +296,27 @@ def compute_targets(adapter, harmful_inputs_h0: Sequence[ModelInput], benign_inp
 # Keys of the checkpoint record that must agree to resume; to load for evaluation only
 # the model (weights fingerprint) and, when given, the mask must agree.
 RESUME_KEYS = ("kind", "model_id", "base_weights", "top_m", "direction_hash", "data_hash", "seed", "train_config",
-               "record_mse")
+               "record_mse", "schedule_epochs")
+LR_SCHEDULES = ("constant", "linear")
+
+
+def learning_rate(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    """The learning rate of optimiser step `step` (0-based) of a run of `total_steps`: cfg.lr
+    throughout ("constant"), or decaying linearly to 0 over the run with no warmup ("linear",
+    as transformers' get_linear_schedule_with_warmup, the Trainer's default)."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    if cfg.lr_schedule == "linear":
+        return cfg.lr * max(0.0, (total_steps - step) / max(1, total_steps))
+    raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r}; choose one of {LR_SCHEDULES}")
+
+
+def _schedule_meta(meta: dict, cfg: TrainConfig, epochs: int) -> dict:
+    """A decaying rate depends on the run's length: resuming needs the same number of epochs
+    (named only then, so the records of constant-rate runs stay as they were)."""
+    if cfg.lr_schedule != "constant":
+        meta["schedule_epochs"] = epochs
+    return meta
 
 
 def _check_meta(found: dict, expected: dict, where, keys=RESUME_KEYS) -> None:
@@ -387,6 +426,7 @@ def _fit(adapter, peft_model, examples, step_fn: Callable, *, cfg: TrainConfig, 
     after each one, and its rows ({"epoch": e, ...}) go to EPOCH_MSE_FILE."""
     from tqdm.auto import tqdm
 
+    learning_rate(cfg, 0, 1)  # an unknown schedule fails before anything is written
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     params = [p for p in peft_model.parameters() if p.requires_grad]
@@ -422,7 +462,7 @@ def _fit(adapter, peft_model, examples, step_fn: Callable, *, cfg: TrainConfig, 
             terms = {}
             for idx in group:
                 with training_attention():
-                    loss, parts = step_fn(idx)
+                    loss, parts = step_fn(idx, epoch)
                     (loss / len(group)).backward()
                 for k, v in parts.items():
                     terms[k] = terms.get(k, 0.0) + v / len(group)
@@ -430,8 +470,11 @@ def _fit(adapter, peft_model, examples, step_fn: Callable, *, cfg: TrainConfig, 
             if not torch.isfinite(grad_norm):  # never write NaN weights into a checkpoint
                 raise FloatingPointError(f"{desc}: non-finite gradient at epoch {epoch}, step {len(log) + 1} "
                                          f"(losses {terms}); resume=True restarts from the last checkpoint")
+            lr = learning_rate(cfg, len(log), epochs * groups_per_epoch)  # from the step count: resumes exactly
+            for param_group in opt.param_groups:
+                param_group["lr"] = lr
             opt.step()
-            log.append({"epoch": epoch, "step": len(log) + 1, **terms, "grad_norm": float(grad_norm)})
+            log.append({"epoch": epoch, "step": len(log) + 1, **terms, "grad_norm": float(grad_norm), "lr": lr})
             bar.update(1)
             bar.set_postfix({k: f"{v:.4g}" for k, v in terms.items()})
         peft_model.eval()
@@ -490,9 +533,12 @@ def train_rrs(adapter, train_items, features: SafetyFeatures, train: TrainConfig
                          f"{adapter.model_id} has {adapter.hidden_size}")
     if features.model_id != adapter.model_id:
         raise ValueError(f"safety features were computed for {features.model_id!r}, not {adapter.model_id!r}")
+    if cfg.prompt_sampling not in PROMPT_SAMPLINGS:
+        raise ValueError(f"unknown prompt_sampling {cfg.prompt_sampling!r}; choose one of {PROMPT_SAMPLINGS}")
     examples = training_examples(train_items, modes, seed, prompt_pool)
     detach_lora(adapter)
-    meta = _meta(adapter, "rrs", cfg, seed, data_hash(examples), modes, features.top_m, features.direction_hash)
+    meta = _schedule_meta(_meta(adapter, "rrs", cfg, seed, data_hash(examples), modes, features.top_m,
+                                features.direction_hash), cfg, epochs)
     if not record_mse:  # named only when off, so the records of runs that keep them stay as they were
         meta["record_mse"] = False
     peft_model = attach_lora(adapter, lora_config(cfg, adapter.lora_target_pattern), seed)
@@ -506,17 +552,23 @@ def train_rrs(adapter, train_items, features: SafetyFeatures, train: TrainConfig
     targets[harmful], targets[benign] = t_harmful, t_benign
     targets = targets.to(adapter.device)
 
-    cache = cached_decoder_inputs(adapter, lambda idx: adapter.prepare([examples[i].train_input for i in idx]),
-                                  len(examples), extract_batch_size or cfg.batch_size, progress,
-                                  key=_inputs_key("rrs", examples))
+    # prompts drawn anew for every batch change the inputs at every step: nothing to cache then
+    per_batch = cfg.prompt_sampling == "per_batch"
+    cache = None if per_batch else cached_decoder_inputs(
+        adapter, lambda idx: adapter.prepare([examples[i].train_input for i in idx]), len(examples),
+        extract_batch_size or cfg.batch_size, progress, key=_inputs_key("rrs", examples))
 
-    def last_states(idx):
+    def last_states(idx, epoch=None):
+        """h(x̃) of examples `idx`: with their own prompts, or (in training, per_batch) with the batch's draw."""
+        if per_batch and epoch is not None:
+            inputs = with_prompts([examples[i] for i in idx], batch_prompts(len(idx), prompt_pool, seed, epoch, idx[0]))
+            return adapter.last_hidden(adapter.prepare(inputs), model=peft_model)
         if cache is None:
             return adapter.last_hidden(adapter.prepare([examples[i].train_input for i in idx]), model=peft_model)
         return adapter.decoder_states(adapter.collate_decoder_inputs([cache[i] for i in idx]), peft_model)[:, -1]
 
-    def step(idx):
-        loss, mse, pen = rrs_loss(last_states(idx), targets[idx], lora_penalty(peft_model), cfg.penalty_weight)
+    def step(idx, epoch):
+        loss, mse, pen = rrs_loss(last_states(idx, epoch), targets[idx], lora_penalty(peft_model), cfg.penalty_weight)
         return loss, {"loss": loss.item(), "mse": mse.item(), "penalty": pen.item()}
 
     def training_set_mse() -> dict:
@@ -586,7 +638,7 @@ def train_sft(adapter, items, responses: Sequence[str], train: TrainConfig | Pro
         raise ValueError(f"{len(items)} items but {len(responses)} responses")
     examples = training_examples(items, modes, seed, prompt_pool)
     detach_lora(adapter)
-    meta = _meta(adapter, kind, cfg, seed, data_hash(examples, responses), modes)
+    meta = _schedule_meta(_meta(adapter, kind, cfg, seed, data_hash(examples, responses), modes), cfg, epochs)
     peft_model = attach_lora(adapter, lora_config(cfg, adapter.lora_target_pattern), seed)
 
     def sft_batch(idx):
@@ -595,7 +647,7 @@ def train_sft(adapter, items, responses: Sequence[str], train: TrainConfig | Pro
     cache = cached_decoder_inputs(adapter, sft_batch, len(examples), extract_batch_size or cfg.batch_size, progress,
                                   key=_inputs_key("sft", examples, responses))
 
-    def step(idx):
+    def step(idx, epoch):  # the SFT baselines (OURS) keep each example's own prompt in every profile
         if cache is None:
             loss = sft_loss(adapter, sft_batch(idx), peft_model)
         else:

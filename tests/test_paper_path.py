@@ -32,8 +32,10 @@ NOTEBOOKS = ("02_representation_probing", "03_feature_selection", "04_rrs_traini
              "06_ablations", "07_capability")
 COMMON = {"profile": "paper", "device": "cpu", "dtype": "float32", "n_train": 4, "n_test": 6, "epochs": 1}
 EXTRA = {"04_rrs_training": {"check_bars": False}}
+# the paper profile's learning rate decays over the run, so notebook 06's 2-epoch run is a run of its
+# own: both its epochs are judged (rrs_epoch1 is not Table 1's 1-epoch `rrs`)
 METHODS = {"vanilla", "sft_refusal", "sft_mixed", "rrs", "rrs_top12.5", "rrs_top25", "rrs_top50", "rrs_basic",
-           "rrs_parallel", "rrs_epoch2"}
+           "rrs_parallel", "rrs_epoch1", "rrs_epoch2"}
 
 
 def _save_tiny(arch: str, folder: Path) -> Path:

@@ -326,6 +326,22 @@ def test_readme_current_state_quotes_the_committed_tables():
         assert [float(x) for x in said.groups()] == pytest.approx([row.p_I_vanilla, row.p_I_rrs], abs=6e-4), mode
 
 
+def test_readme_training_length_losses_are_the_committed_ones():
+    """The "Not a matter of training longer" bullet types the training-set MSE of notebook 06's
+    run; every such number (3 decimals, above 1) must be in tables/rrs_training_tradeoff.csv."""
+    import re
+
+    import pandas as pd
+
+    text = re.sub(r"\s+", " ", (REPO_ROOT / "README.md").read_text())
+    start = text.index("*Not a matter of training longer*")
+    bullet = text[start:text.index("- *", start + 5)]
+    said = {float(x) for x in re.findall(r"\b[12]\.\d{3}\b", bullet)}
+    table = pd.read_csv(REPO_ROOT / "tables" / "rrs_training_tradeoff.csv")
+    committed = {round(float(v), 3) for v in table[["training MSE", "... harmful", "... benign"]].to_numpy().ravel()}
+    assert len(said) >= 8 and said <= committed, sorted(said - committed)
+
+
 def test_docs_seed_table_quotes_the_committed_tables_for_seed_0():
     """docs/mini_model.md section 8 types the committed build's numbers in its 'seed 0' column."""
     import pandas as pd

@@ -92,6 +92,11 @@ def test_rrs_checkpoint_is_trained_once(adapter, questions, P, monkeypatch):
     assert stages.rrs_run_dir(adapter, questions, lr, 0) != ckpt.parent
     longer = dataclasses.replace(P, train=dataclasses.replace(FAST, epochs=5))
     assert stages.rrs_run_dir(adapter, questions, longer, 0) == ckpt.parent
+    # ... unless the learning rate decays over the run (the paper profile): then each length is a run
+    decaying = dataclasses.replace(P, train=dataclasses.replace(FAST, lr_schedule="linear"))
+    runs = {e: stages.rrs_run_dir(adapter, questions, decaying, 0, epochs=e) for e in (1, 5)}
+    assert runs[1] != runs[5] and ckpt.parent not in runs.values()
+    assert runs[1] == stages.rrs_run_dir(adapter, questions, decaying, 0)  # None: the profile's epochs
     # a run without the per-epoch MSE is its own run: same weights, no epoch_mse.json, and a clear error
     quiet = stages.rrs_checkpoint(adapter, questions, P, 0, record_mse=False, progress=False)
     assert quiet.parent != ckpt.parent and len(calls) == 3 and calls[-1]["record_mse"] is False

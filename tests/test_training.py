@@ -12,9 +12,9 @@ from torch import nn
 from rrs.features import SafetyFeatures
 from rrs.modes import H0_PROMPT, TRAINING_PROMPTS
 from rrs.profiles import TrainConfig
-from rrs.training import (REFUSAL_TEMPLATES, CheckpointMismatchError, attach_lora, compute_targets, detach_lora,
-                          load_trained, lora_config, lora_penalty, mixed_sft_data, refusal_sft_data, rrs_loss,
-                          train_rrs, train_sft, training_examples)
+from rrs.training import (REFUSAL_TEMPLATES, CheckpointMismatchError, attach_lora, batch_prompts, compute_targets,
+                          detach_lora, learning_rate, load_trained, lora_config, lora_penalty, mixed_sft_data,
+                          refusal_sft_data, rrs_loss, train_rrs, train_sft, training_examples)
 
 # Full-batch steps on the 8 tiny items: the loss curve is deterministic, not batch noise.
 FAST = TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.0, epochs=2, lr=1e-3, batch_size=8, grad_accum=1,
@@ -185,6 +185,62 @@ def test_resume_after_interruption_gives_the_same_weights(tiny_items, tmp_path, 
                   progress=False, resume=True)
     with pytest.raises(CheckpointMismatchError, match="safety mask"):
         load_trained(b, tmp_path / "cut" / "epoch_2", features=other)
+
+
+def test_learning_rate_schedules():
+    assert learning_rate(FAST, 7, 10) == FAST.lr
+    linear = replace(FAST, lr_schedule="linear")
+    assert [learning_rate(linear, step, 4) for step in range(4)] == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4])
+    with pytest.raises(ValueError, match="unknown lr_schedule 'cosine'"):
+        learning_rate(replace(FAST, lr_schedule="cosine"), 0, 1)
+
+
+def test_batch_prompts_are_drawn_as_the_authors_collator_draws_them():
+    first = batch_prompts(4, TRAINING_PROMPTS, seed=0, epoch=1, first=5)
+    assert len(set(first)) == 4 and set(first) <= set(TRAINING_PROMPTS)      # all different in a batch
+    assert batch_prompts(4, TRAINING_PROMPTS, seed=0, epoch=1, first=5) == first   # a resumed run draws the same
+    later = [batch_prompts(4, TRAINING_PROMPTS, seed=0, epoch=e, first=5) for e in range(2, 6)]
+    assert any(p != first for p in later)                                    # another epoch, another draw
+    assert len(set(batch_prompts(12, TRAINING_PROMPTS, seed=0, epoch=1, first=0))) == 10
+
+
+@pytest.mark.parametrize("prompt_sampling", ["per_example", "per_batch"])
+def test_paper_settings_resume_exactly_and_bind_the_run_length(tiny_items, tmp_path, tmp_rrs_cache, prompt_sampling):
+    """The paper profile's loop: a learning rate decaying to 0 and, per_batch, prompts drawn anew for every batch."""
+    from rrs.models.qwen2_audio import Qwen2AudioAdapter, random_tiny_qwen2_audio
+
+    def fresh():
+        return Qwen2AudioAdapter(*random_tiny_qwen2_audio(seed=0), model_id="tiny-qwen2-audio")
+
+    cfg = TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.1, epochs=2, lr=1e-2, batch_size=3, grad_accum=2,
+                      dtype="float32", lr_schedule="linear", prompt_sampling=prompt_sampling)
+    a = fresh()
+    feats = features_for(a, tiny_items)
+    full = train_rrs(a, tiny_items, feats, cfg, tmp_path / "full", seed=1, progress=False)
+    # 8 items in batches of 3, two batches a step: 2 steps an epoch, 4 in all, the rate falling to 0
+    assert [r["lr"] for r in full.log] == pytest.approx([1e-2, 7.5e-3, 5e-3, 2.5e-3])
+    full_weights = lora_weights(full.peft_model)
+    for field, value in (("lr_schedule", "constant"), ("prompt_sampling", "per_example")):
+        if getattr(cfg, field) != value:  # the rates reach AdamW; the drawn prompts reach the model
+            other = lora_weights(train_rrs(fresh(), tiny_items, feats, replace(cfg, **{field: value}),
+                                           tmp_path / field, seed=1, progress=False).peft_model)
+            assert any(not torch.equal(other[name], w) for name, w in full_weights.items()), field
+
+    b = fresh()
+
+    def stop_after_first(epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_rrs(b, tiny_items, feats, cfg, tmp_path / "cut", seed=1, progress=False, on_epoch_end=stop_after_first)
+    resumed = train_rrs(b, tiny_items, feats, cfg, tmp_path / "cut", seed=1, progress=False, resume=True)
+    assert resumed.log == full.log
+    for name, weight in lora_weights(resumed.peft_model).items():
+        torch.testing.assert_close(weight, full_weights[name], atol=0, rtol=0)
+    # every step's rate depends on the run's length: a 2-epoch run is not continued to 3
+    with pytest.raises(CheckpointMismatchError, match="schedule_epochs=2, expected 3"):
+        train_rrs(b, tiny_items, feats, replace(cfg, epochs=3), tmp_path / "cut", seed=1, progress=False, resume=True)
 
 
 def test_skipping_the_mse_record_leaves_the_training_unchanged(tiny_items, tmp_path, tmp_rrs_cache):
