@@ -148,28 +148,34 @@ def test_rrs_run_reduces_mse_and_writes_checkpoints(tiny_qwen2_audio_adapter, ti
     torch.testing.assert_close(adapter.hidden_states(inputs, progress=False), vanilla)
 
 
-def test_resume_after_interruption_gives_the_same_weights(tiny_items, tmp_path, tmp_rrs_cache):
+def fresh_tiny_qwen2_audio():
+    """A tiny Qwen2-Audio adapter with the same weights at every call."""
     from rrs.models.qwen2_audio import Qwen2AudioAdapter, random_tiny_qwen2_audio
 
-    def fresh():
-        return Qwen2AudioAdapter(*random_tiny_qwen2_audio(seed=0), model_id="tiny-qwen2-audio")
+    return Qwen2AudioAdapter(*random_tiny_qwen2_audio(seed=0), model_id="tiny-qwen2-audio")
 
-    cfg = TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.1, epochs=2, lr=1e-2, batch_size=3, grad_accum=2,
-                      dtype="float32")
-    a = fresh()
-    feats = features_for(a, tiny_items)
-    full = lora_weights(train_rrs(a, tiny_items, feats, cfg, tmp_path / "full", seed=1, progress=False).peft_model)
 
-    b = fresh()
-
+def interrupted_then_resumed(adapter, items, feats, cfg, out_dir):
+    """RRS training stopped after epoch 1 (as by Ctrl-C), then resumed: the resumed result."""
     def stop_after_first(epoch):
         if epoch == 1:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_rrs(b, tiny_items, feats, cfg, tmp_path / "cut", seed=1, progress=False, on_epoch_end=stop_after_first)
-    assert (tmp_path / "cut" / "epoch_1").is_dir() and not (tmp_path / "cut" / "epoch_2").exists()
-    resumed = train_rrs(b, tiny_items, feats, cfg, tmp_path / "cut", seed=1, progress=False, resume=True)
+        train_rrs(adapter, items, feats, cfg, out_dir, seed=1, progress=False, on_epoch_end=stop_after_first)
+    assert (out_dir / "epoch_1").is_dir() and not (out_dir / "epoch_2").exists()
+    return train_rrs(adapter, items, feats, cfg, out_dir, seed=1, progress=False, resume=True)
+
+
+def test_resume_after_interruption_gives_the_same_weights(tiny_items, tmp_path, tmp_rrs_cache):
+    cfg = TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.1, epochs=2, lr=1e-2, batch_size=3, grad_accum=2,
+                      dtype="float32")
+    a = fresh_tiny_qwen2_audio()
+    feats = features_for(a, tiny_items)
+    full = lora_weights(train_rrs(a, tiny_items, feats, cfg, tmp_path / "full", seed=1, progress=False).peft_model)
+
+    b = fresh_tiny_qwen2_audio()
+    resumed = interrupted_then_resumed(b, tiny_items, feats, cfg, tmp_path / "cut")
     assert [r["epoch"] for r in resumed.log] == [1, 1, 2, 2]
     mse_rows = json.loads((tmp_path / "cut" / "epoch_mse.json").read_text())
     assert [r["epoch"] for r in mse_rows] == [0, 1, 2]
@@ -207,14 +213,9 @@ def test_batch_prompts_are_drawn_as_the_authors_collator_draws_them():
 @pytest.mark.parametrize("prompt_sampling", ["per_example", "per_batch"])
 def test_paper_settings_resume_exactly_and_bind_the_run_length(tiny_items, tmp_path, tmp_rrs_cache, prompt_sampling):
     """The paper profile's loop: a learning rate decaying to 0 and, per_batch, prompts drawn anew for every batch."""
-    from rrs.models.qwen2_audio import Qwen2AudioAdapter, random_tiny_qwen2_audio
-
-    def fresh():
-        return Qwen2AudioAdapter(*random_tiny_qwen2_audio(seed=0), model_id="tiny-qwen2-audio")
-
     cfg = TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.1, epochs=2, lr=1e-2, batch_size=3, grad_accum=2,
                       dtype="float32", lr_schedule="linear", prompt_sampling=prompt_sampling)
-    a = fresh()
+    a = fresh_tiny_qwen2_audio()
     feats = features_for(a, tiny_items)
     full = train_rrs(a, tiny_items, feats, cfg, tmp_path / "full", seed=1, progress=False)
     # 8 items in batches of 3, two batches a step: 2 steps an epoch, 4 in all, the rate falling to 0
@@ -222,19 +223,12 @@ def test_paper_settings_resume_exactly_and_bind_the_run_length(tiny_items, tmp_p
     full_weights = lora_weights(full.peft_model)
     for field, value in (("lr_schedule", "constant"), ("prompt_sampling", "per_example")):
         if getattr(cfg, field) != value:  # the rates reach AdamW; the drawn prompts reach the model
-            other = lora_weights(train_rrs(fresh(), tiny_items, feats, replace(cfg, **{field: value}),
+            other = lora_weights(train_rrs(fresh_tiny_qwen2_audio(), tiny_items, feats, replace(cfg, **{field: value}),
                                            tmp_path / field, seed=1, progress=False).peft_model)
             assert any(not torch.equal(other[name], w) for name, w in full_weights.items()), field
 
-    b = fresh()
-
-    def stop_after_first(epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train_rrs(b, tiny_items, feats, cfg, tmp_path / "cut", seed=1, progress=False, on_epoch_end=stop_after_first)
-    resumed = train_rrs(b, tiny_items, feats, cfg, tmp_path / "cut", seed=1, progress=False, resume=True)
+    b = fresh_tiny_qwen2_audio()
+    resumed = interrupted_then_resumed(b, tiny_items, feats, cfg, tmp_path / "cut")
     assert resumed.log == full.log
     for name, weight in lora_weights(resumed.peft_model).items():
         torch.testing.assert_close(weight, full_weights[name], atol=0, rtol=0)
