@@ -443,15 +443,18 @@ def evaluate(adapter, questions_df: pd.DataFrame, modes: Sequence[str], *, metho
     if len(clash):
         raise ValueError(f"test sets {sorted(clash)} would share one verdict file name; rename them")
     tok = getattr(adapter, "tokenizer", None)
+    # without a caller's fingerprint, the questions and their clips are part of it, so that an
+    # edited question file is judged again rather than read back from the last run
+    sets = dict(tuple(questions_df.groupby("test_set", sort=True)))
+    question_keys = {} if fingerprint else {t: questions_digest(g, audio=False) for t, g in sets.items()}
+    clip_keys = {} if fingerprint or not audio_modes else {t: clips_digest(g, load_audio) for t, g in sets.items()}
     all_rows: list[dict] = []
     for mode in modes:
-        for test_set, g in questions_df.groupby("test_set", sort=True):
-            # without a caller's fingerprint, the questions and their clips are part of it, so
-            # that an edited question file is judged again rather than read back from the last run
+        for test_set, g in sets.items():
             fp = fingerprint or model_fingerprint(
                 adapter, model, mode=mode, prompt=prompt, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                questions=questions_digest(g, audio=False), capability=getattr(capability, "__name__", None),
-                clips=None if mode == "text-only" else clips_digest(g, load_audio))
+                questions=question_keys[test_set], capability=getattr(capability, "__name__", None),
+                clips=None if mode == "text-only" else clip_keys[test_set])
             path = verdicts_path(out_dir, method, mode, test_set)
             ids = [str(i) for i in g["id"]]
             if path.exists():
@@ -652,24 +655,25 @@ def load_question_file(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"questions file not found: {path}")
     suffix = path.suffix.lower()
-    try:
-        if suffix == ".jsonl":
-            df = pd.DataFrame(rio.read_jsonl(path))  # its errors name the file and the line
-        elif suffix == ".csv":
-            df = pd.read_csv(path, dtype=str, keep_default_na=False)
-        elif suffix == ".json":
-            obj = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(obj, dict) and isinstance(obj.get("questions"), list):
-                obj = obj["questions"]
-            if not isinstance(obj, list) or not all(isinstance(r, dict) for r in obj):
-                raise ValueError("expected a JSON list of objects (or {'questions': [...]})")
-            df = pd.DataFrame(obj)
-        else:
-            raise ValueError("unsupported file type; use .csv, .json or .jsonl")
-    except pd.errors.ParserError as e:
-        raise ValueError(f"{path}: not a readable CSV ({e}); check its quotes and commas") from e
-    except (ValueError, json.JSONDecodeError) as e:
-        raise ValueError(e if str(e).startswith(f"{path}:") else f"{path}: {e}") from e
+    if suffix == ".jsonl":
+        df = pd.DataFrame(rio.read_jsonl(path))  # its errors name the file and the line
+    else:
+        try:
+            if suffix == ".csv":
+                df = pd.read_csv(path, dtype=str, keep_default_na=False)
+            elif suffix == ".json":
+                obj = json.loads(path.read_text(encoding="utf-8"))
+                if isinstance(obj, dict) and isinstance(obj.get("questions"), list):
+                    obj = obj["questions"]
+                if not isinstance(obj, list) or not all(isinstance(r, dict) for r in obj):
+                    raise ValueError("expected a JSON list of objects (or {'questions': [...]})")
+                df = pd.DataFrame(obj)
+            else:
+                raise ValueError("unsupported file type; use .csv, .json or .jsonl")
+        except pd.errors.ParserError as e:
+            raise ValueError(f"{path}: not a readable CSV ({e}); check its quotes and commas") from e
+        except (ValueError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: {e}") from e
     if df.empty:
         raise ValueError(f"{path}: no questions in the file")
     for col in ("text", "label"):

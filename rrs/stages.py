@@ -78,8 +78,9 @@ def setup(profile="mini", seed: int = 0, model: str | None = None, device: str |
     `load_adapter` (a model with hub remote code, Qwen-Audio-Chat, needs both). `n_train` caps
     the training pairs, `n_test` the pairs of each test set (the paper pairs' test split and
     each extra set) and `epochs` sets the RRS and SFT epochs (all for quick runs and tests;
-    None keeps the profile's). The epochs are not part of a checkpoint's cache key, so a shorter run
-    reuses, and a longer one continues, the same training run.
+    None keeps the profile's). With a constant learning rate the epochs are not part of a
+    checkpoint's cache key, so a shorter run reuses, and a longer one continues, the same
+    training run; with a decaying one each length is its own run (module docstring).
     """
     from .mini import check_split_seed
     from .models import load_adapter

@@ -119,11 +119,13 @@ def append_long(long_path: str | Path, df: pd.DataFrame, provenance: dict) -> pd
               .reset_index(drop=True))
     merged["n"] = merged["n"].astype(int)
     record_path = rio.provenance_path(long_path)
-    try:
-        sources = json.loads(record_path.read_text(encoding="utf-8"))["sources"] if record_path.exists() and long_path.exists() else {}
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{record_path}: not a readable provenance record ({e}); move it away, with "
-                         f"{long_path.name}, to start a new one") from e
+    sources = {}
+    if long_path.exists() and record_path.exists():  # a new CSV starts a new record
+        try:
+            sources = json.loads(record_path.read_text(encoding="utf-8"))["sources"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{record_path}: not a readable provenance record ({e}); move it away, with "
+                             f"{long_path.name}, to start a new one") from e
     sources[str(provenance.get("notebook", "unnamed"))] = provenance
     rio.write_with_provenance({long_path: merged.to_csv(index=False, lineterminator="\n")},
                               {"table": "results_long", "sources": sources}, beside=long_path)
