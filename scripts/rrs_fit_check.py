@@ -87,8 +87,9 @@ def main(argv=None) -> None:
     ap.add_argument("--model", default=None, help="model id or folder (default: the profile's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--paper-settings", action="store_true",
-                    help="train with the paper profile's settings (r 16, alpha 4, dropout 0.1, 10 epochs, lr 5e-5, "
-                         "batch 4 x 2) in float32 instead of the profile's; the options below still override")
+                    help="train with the paper profile's settings (r 16, alpha 4, dropout 0.1, 10 epochs, lr 5e-5 "
+                         "decaying linearly, batch 4 x 2, prompts drawn per batch) in float32 instead of the "
+                         "profile's; the options below still override")
     ap.add_argument("--epochs", type=int, default=None, help="default: the profile's")
     ap.add_argument("--lr", type=float, default=None, help="default: the profile's")
     ap.add_argument("--rank", type=int, default=None, help="LoRA r (alpha keeps the profile's alpha/r)")
@@ -121,7 +122,8 @@ def run(args, run_dir: Path) -> None:
     P = dataclasses.replace(P, train=train_cfg)
     print(f"RRS on {args.model or P.default_model}: epochs {train_cfg.epochs}, lr {train_cfg.lr:g}, "
           f"r {train_cfg.lora_r}, alpha {train_cfg.lora_alpha:g}, dropout {train_cfg.lora_dropout:g}, "
-          f"batch {train_cfg.batch_size} x {train_cfg.grad_accum}, penalty weight {train_cfg.penalty_weight:g}",
+          f"batch {train_cfg.batch_size} x {train_cfg.grad_accum}, penalty weight {train_cfg.penalty_weight:g}, "
+          f"lr schedule {train_cfg.lr_schedule}, prompts {train_cfg.prompt_sampling}",
           flush=True)
 
     if args.views or args.synthetic:

@@ -37,7 +37,8 @@ def test_rrs_fit_check_reports_both_splits_in_every_mode(capsys, tmp_path, monke
     out = capsys.readouterr().out
     # (torch makes its own empty torchinductor_<user> cache folder there)
     assert not list(scratch.glob("rrs-*")), "the diagnosis left its folders in the temporary folder"
-    assert re.search(r"epochs 1, lr 0.002, r 8, alpha 16, dropout 0, batch \d+ x 1, penalty weight 0$", out, re.M)
+    assert re.search(r"epochs 1, lr 0.002, r 8, alpha 16, dropout 0, batch \d+ x 1, penalty weight 0, "
+                     r"lr schedule constant, prompts per_example$", out, re.M)
     assert re.search(r"mean MSE per epoch: 1:\d+\.\d{3}$", out, re.M)
     # the overrides reached the training run: with penalty weight 0 the loss is the MSE alone
     log = stages.training_log(re.search(r"^checkpoint: (.+)$", out, re.M).group(1))
@@ -60,10 +61,13 @@ def test_rrs_fit_check_can_train_with_the_papers_settings(capsys, tmp_path, monk
     monkeypatch.setenv("RRS_OUTPUT_ROOT", str(tmp_path / "out"))
     _load("rrs_fit_check").main(["--profile", "ci", "--paper-settings", "--epochs", "1"])
     out = capsys.readouterr().out
-    assert "epochs 1, lr 5e-05, r 16, alpha 4, dropout 0.1, batch 4 x 2, penalty weight 1" in out
+    assert ("epochs 1, lr 5e-05, r 16, alpha 4, dropout 0.1, batch 4 x 2, penalty weight 1, "
+            "lr schedule linear, prompts per_batch") in out
     checkpoint = re.search(r"^checkpoint: (.+)$", out, re.M).group(1)
     record = json.loads((Path(checkpoint) / "rrs_checkpoint.json").read_text())
-    assert (record["train_config"]["lr"], record["train_config"]["dtype"]) == (5e-05, "float32")
+    train_config = record["train_config"]
+    assert (train_config["lr"], train_config["dtype"], train_config["lr_schedule"], train_config["prompt_sampling"]) \
+        == (5e-05, "float32", "linear", "per_batch")
     mse = stages.epoch_mse(checkpoint)
     assert [r["epoch"] for r in mse] == [0, 1]
     assert re.search(r"^training-set MSE \(harmful / benign\) per epoch, 0 = vanilla: 0:\d\.\d{3} "
