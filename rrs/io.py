@@ -78,6 +78,45 @@ def write_together(contents: dict) -> list[Path]:
     return [path for _, path in staged]
 
 
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def exchange_folders(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 with RENAME_EXCHANGE); False where the
+    system or the file system cannot, and nothing was changed."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).renameat2
+    except (OSError, AttributeError):  # no libc, or a glibc older than 2.28
+        return False
+    at_fdcwd = -100
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0
+
+
+def replace_folder(tmp: str | Path, out: str | Path) -> None:
+    """Move the finished folder `tmp` onto `out`. An existing `out` is swapped with `tmp` in
+    one step where the system allows, so `out` is never missing; elsewhere it is renamed
+    aside first, and removed only once `tmp` is in place."""
+    import shutil
+
+    tmp, out = Path(tmp), Path(out)
+    if out.exists() and exchange_folders(tmp, out):
+        shutil.rmtree(tmp, ignore_errors=True)  # it now holds the old folder
+        return
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def write_text(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -41,6 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from rrs import io as rio  # noqa: E402
 from rrs.models.qwen_audio_chat import check_transformers_4  # noqa: E402
 
 # modeling_qwen.py imports cpp_kernels (used only with use_cache_kernel), so transformers
@@ -208,8 +209,16 @@ def main(argv=None) -> int:
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     with tempfile.TemporaryDirectory(prefix="tiny-qwen-audio-chat-") as tmp:
         os.environ["RRS_CACHE_DIR"] = str(Path(tmp) / "cache")  # keep the representation cache out of cache/
-        folder = build_tiny_model(args.remote_code, args.out or Path(tmp) / "model")
-        checks = run_checks(folder)
+        if args.out is None:
+            checks = run_checks(build_tiny_model(args.remote_code, Path(tmp) / "model"))
+        else:  # built beside --out and moved there whole, so an interrupted run leaves no half model
+            out = args.out.resolve()
+            staged = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+            try:
+                checks = run_checks(build_tiny_model(args.remote_code, staged))
+                rio.replace_folder(staged, out)
+            finally:
+                shutil.rmtree(staged, ignore_errors=True)
     failed = [name for name, ok in checks if not ok]
     print(f"{len(checks) - len(failed)} of {len(checks)} checks passed")
     return 1 if failed else 0

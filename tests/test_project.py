@@ -109,6 +109,39 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["table.csv"]
 
 
+def _old_and_new_folder(tmp_path):
+    out, tmp = tmp_path / "model", tmp_path / ".model.tmp-1"
+    for folder, name in ((out, "old.txt"), (tmp, "new.txt")):
+        folder.mkdir()
+        (folder / name).write_text(name)
+    return out, tmp
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="an atomic folder swap needs Linux's renameat2")
+def test_replace_folder_swaps_in_one_step_so_the_old_folder_is_never_missing(tmp_path, monkeypatch):
+    out, tmp = _old_and_new_folder(tmp_path)
+
+    def renamed_aside(*args):  # the two-rename fallback, with its moment without `out`
+        raise AssertionError("replace_folder renamed the old folder aside instead of swapping")
+
+    monkeypatch.setattr(rio.os, "replace", renamed_aside)
+    rio.replace_folder(tmp, out)
+    assert [p.name for p in out.iterdir()] == ["new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_replace_folder_without_an_atomic_swap_still_leaves_only_the_new_folder(tmp_path, monkeypatch):
+    out, tmp = _old_and_new_folder(tmp_path)
+    monkeypatch.setattr(rio, "exchange_folders", lambda a, b: False)
+    rio.replace_folder(tmp, out)
+    assert [p.name for p in out.iterdir()] == ["new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+    fresh = tmp_path / ".fresh"  # and onto a path that does not exist yet
+    fresh.mkdir()
+    rio.replace_folder(fresh, tmp_path / "second")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "second"]
+
+
 def test_atomic_write_gives_an_ordinary_files_mode(tmp_path):
     import os
     import stat

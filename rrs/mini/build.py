@@ -762,13 +762,7 @@ def _file_hashes(folder: Path) -> dict:
 
 def publish(tmp: Path, out: Path) -> None:
     """Move a finished build into place (the old one is removed only after)."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    rio.replace_folder(tmp, out)
 
 
 def build(out: Path = DEFAULT_OUT, cfg: BuildConfig = BuildConfig(), *, minutes: float | None = None,
