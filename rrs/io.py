@@ -11,8 +11,10 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -84,9 +86,8 @@ _RENAME_EXCHANGE = 2  # linux/fs.h
 def exchange_folders(a: Path, b: Path) -> bool:
     """Swap two paths in one step (Linux renameat2 with RENAME_EXCHANGE); False where the
     system or the file system cannot, and nothing was changed."""
-    import ctypes
+    import ctypes  # here, not at import time: only a finished build needs it
     import ctypes.util
-    import sys
 
     if not sys.platform.startswith("linux"):
         return False
@@ -102,8 +103,6 @@ def replace_folder(tmp: str | Path, out: str | Path) -> None:
     """Move the finished folder `tmp` onto `out`. An existing `out` is swapped with `tmp` in
     one step where the system allows, so `out` is never missing; elsewhere it is renamed
     aside first, and removed only once `tmp` is in place."""
-    import shutil
-
     tmp, out = Path(tmp), Path(out)
     if out.exists() and exchange_folders(tmp, out):
         shutil.rmtree(tmp, ignore_errors=True)  # it now holds the old folder
@@ -115,6 +114,21 @@ def replace_folder(tmp: str | Path, out: str | Path) -> None:
     os.replace(tmp, out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_folder(out: str | Path) -> Iterator[Path]:
+    """The folder twin of `atomic_path`: yield an empty folder beside `out`; on success it
+    replaces `out` (`replace_folder`), and it is removed in any case."""
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        replace_folder(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_text(path: str | Path, text: str) -> Path:

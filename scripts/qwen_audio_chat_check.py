@@ -212,13 +212,8 @@ def main(argv=None) -> int:
         if args.out is None:
             checks = run_checks(build_tiny_model(args.remote_code, Path(tmp) / "model"))
         else:  # built beside --out and moved there whole, so an interrupted run leaves no half model
-            out = args.out.resolve()
-            staged = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-            try:
+            with rio.atomic_folder(args.out.resolve()) as staged:
                 checks = run_checks(build_tiny_model(args.remote_code, staged))
-                rio.replace_folder(staged, out)
-            finally:
-                shutil.rmtree(staged, ignore_errors=True)
     failed = [name for name, ok in checks if not ok]
     print(f"{len(checks) - len(failed)} of {len(checks)} checks passed")
     return 1 if failed else 0

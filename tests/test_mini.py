@@ -176,20 +176,6 @@ def test_loading_under_transformers_4_names_the_environment_it_needs(monkeypatch
         load_mini(MODEL_DIR)
 
 
-def test_publish_replaces_a_build_only_when_finished(tmp_path):
-    from rrs.mini.build import publish
-
-    out = tmp_path / "model"
-    out.mkdir()
-    (out / "old.txt").write_text("old")
-    tmp = tmp_path / ".model.tmp-1"
-    tmp.mkdir()
-    (tmp / "new.txt").write_text("new")
-    publish(tmp, out)
-    assert [p.name for p in out.iterdir()] == ["new.txt"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
-
-
 # ----------------------------------------------------------------------------- behaviour
 
 def test_round_trip_save_load_gives_identical_outputs(adapter, tmp_path, tiny_waveform):
@@ -322,7 +308,7 @@ def test_tiny_build_end_to_end_and_interrupted_build(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(B, "publish", boom)
+    monkeypatch.setattr(B.rio, "replace_folder", boom)
     positions = {}
     train = B.train
 

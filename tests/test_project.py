@@ -142,6 +142,20 @@ def test_replace_folder_without_an_atomic_swap_still_leaves_only_the_new_folder(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "second"]
 
 
+def test_atomic_folder_shows_a_folder_only_when_it_is_whole(tmp_path):
+    out = tmp_path / "model"
+    with pytest.raises(RuntimeError):
+        with rio.atomic_folder(out) as staged:
+            (staged / "weights").write_text("half")
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+    for text in ("first", "second"):
+        with rio.atomic_folder(out) as staged:
+            (staged / "weights").write_text(text)
+            assert not (out / "weights").exists() or (out / "weights").read_text() == "first"
+        assert [p.name for p in tmp_path.iterdir()] == ["model"] and (out / "weights").read_text() == text
+
+
 def test_atomic_write_gives_an_ordinary_files_mode(tmp_path):
     import os
     import stat

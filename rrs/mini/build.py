@@ -38,7 +38,6 @@ import argparse
 import gzip
 import json
 import math
-import os
 import platform
 import random
 import shutil
@@ -760,11 +759,6 @@ def _file_hashes(folder: Path) -> dict:
     return {p.name: rio.sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != RECORD}
 
 
-def publish(tmp: Path, out: Path) -> None:
-    """Move a finished build into place (the old one is removed only after)."""
-    rio.replace_folder(tmp, out)
-
-
 def build(out: Path = DEFAULT_OUT, cfg: BuildConfig = BuildConfig(), *, minutes: float | None = None,
           threads: int = 2, resume: bool = True, progress: bool = True) -> dict:
     """Build the mini-LALM into `out`; returns the build record."""
@@ -800,10 +794,7 @@ def build(out: Path = DEFAULT_OUT, cfg: BuildConfig = BuildConfig(), *, minutes:
     result = train(cfg, model, batcher, Sampler(cfg, corpus, feats.lengths), feats, state_dir=state_dir,
                    deadline=deadline, progress=progress, val=corpus.val)
 
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with rio.atomic_folder(out) as tmp:  # a build is only ever seen whole
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         blob = json.dumps(manifest, sort_keys=True).encode("utf-8")
@@ -823,9 +814,6 @@ def build(out: Path = DEFAULT_OUT, cfg: BuildConfig = BuildConfig(), *, minutes:
         }
         record["files"] = _file_hashes(tmp)
         rio.write_json(tmp / RECORD, record)
-        publish(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     if state_dir:
         shutil.rmtree(state_dir, ignore_errors=True)
     if progress:
