@@ -15,6 +15,10 @@ from pathlib import Path
 from .paths import REPO_ROOT
 
 
+LR_SCHEDULES = ("constant", "linear")
+PROMPT_SAMPLINGS = ("per_example", "per_batch")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """LoRA + optimiser settings shared by RRS and the SFT baselines (same budget)."""
@@ -39,6 +43,11 @@ class TrainConfig:
     # question's decoder inputs are then read once and cached), or "per_batch": the pool
     # shuffled for every batch, as in the authors' collator (the paper and colab profiles)
     prompt_sampling: str = "per_example"
+
+    def __post_init__(self):  # a misspelt setting fails where it is written, before any run
+        for name, allowed in (("lr_schedule", LR_SCHEDULES), ("prompt_sampling", PROMPT_SAMPLINGS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {allowed}")
 
 
 @dataclass(frozen=True)

@@ -134,9 +134,6 @@ def training_examples(items, modes: Sequence[str] = ("audio-text",), seed: int =
     return examples
 
 
-PROMPT_SAMPLINGS = ("per_example", "per_batch")
-
-
 def batch_prompts(n: int, prompt_pool: Sequence[str], seed: int, epoch: int, first: int) -> list[str]:
     """The prompts of one training batch of `n` examples, drawn as the authors' collator draws
     them: the pool shuffled, the batch's examples taking its prompts in turn (all different
@@ -297,18 +294,15 @@ def compute_targets(adapter, harmful_inputs_h0: Sequence[ModelInput], benign_inp
 # the model (weights fingerprint) and, when given, the mask must agree.
 RESUME_KEYS = ("kind", "model_id", "base_weights", "top_m", "direction_hash", "data_hash", "seed", "train_config",
                "record_mse", "schedule_epochs")
-LR_SCHEDULES = ("constant", "linear")
 
 
 def learning_rate(cfg: TrainConfig, step: int, total_steps: int) -> float:
     """The learning rate of optimiser step `step` (0-based) of a run of `total_steps`: cfg.lr
     throughout ("constant"), or decaying linearly to 0 over the run with no warmup ("linear",
     as transformers' get_linear_schedule_with_warmup, the Trainer's default)."""
-    if cfg.lr_schedule == "constant":
+    if cfg.lr_schedule == "constant":  # TrainConfig allows only the two
         return cfg.lr
-    if cfg.lr_schedule == "linear":
-        return cfg.lr * max(0.0, (total_steps - step) / max(1, total_steps))
-    raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r}; choose one of {LR_SCHEDULES}")
+    return cfg.lr * max(0.0, (total_steps - step) / max(1, total_steps))
 
 
 def _schedule_meta(meta: dict, cfg: TrainConfig, epochs: int) -> dict:
@@ -426,7 +420,6 @@ def _fit(adapter, peft_model, examples, step_fn: Callable, *, cfg: TrainConfig, 
     after each one, and its rows ({"epoch": e, ...}) go to EPOCH_MSE_FILE."""
     from tqdm.auto import tqdm
 
-    learning_rate(cfg, 0, 1)  # an unknown schedule fails before anything is written
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     params = [p for p in peft_model.parameters() if p.requires_grad]
@@ -533,8 +526,6 @@ def train_rrs(adapter, train_items, features: SafetyFeatures, train: TrainConfig
                          f"{adapter.model_id} has {adapter.hidden_size}")
     if features.model_id != adapter.model_id:
         raise ValueError(f"safety features were computed for {features.model_id!r}, not {adapter.model_id!r}")
-    if cfg.prompt_sampling not in PROMPT_SAMPLINGS:
-        raise ValueError(f"unknown prompt_sampling {cfg.prompt_sampling!r}; choose one of {PROMPT_SAMPLINGS}")
     examples = training_examples(train_items, modes, seed, prompt_pool)
     detach_lora(adapter)
     meta = _schedule_meta(_meta(adapter, "rrs", cfg, seed, data_hash(examples), modes, features.top_m,

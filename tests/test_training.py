@@ -197,8 +197,10 @@ def test_learning_rate_schedules():
     assert learning_rate(FAST, 7, 10) == FAST.lr
     linear = replace(FAST, lr_schedule="linear")
     assert [learning_rate(linear, step, 4) for step in range(4)] == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4])
-    with pytest.raises(ValueError, match="unknown lr_schedule 'cosine'"):
+    with pytest.raises(ValueError, match="unknown lr_schedule 'cosine'"):  # refused by TrainConfig itself
         learning_rate(replace(FAST, lr_schedule="cosine"), 0, 1)
+    with pytest.raises(ValueError, match="unknown prompt_sampling 'per_step'"):
+        replace(FAST, prompt_sampling="per_step")
 
 
 def test_batch_prompts_are_drawn_as_the_authors_collator_draws_them():
