@@ -147,12 +147,11 @@ def run(args, run_dir: Path) -> None:
     print(f"checkpoint: {checkpoint}")
     log = pd.DataFrame(stages.training_log(checkpoint))
     print("mean MSE per epoch:", " ".join(f"{e}:{m:.3f}" for e, m in log.groupby("epoch").mse.mean().items()))
-    try:  # the whole training set, scored before the first step and after each epoch
-        print("training-set MSE (harmful / benign) per epoch, 0 = vanilla:", " ".join(
-            f"{r['epoch']}:{r['mse']:.3f} ({r['mse_harmful']:.3f} / {r['mse_benign']:.3f})"
-            for r in stages.epoch_mse(checkpoint)))
-    except FileNotFoundError:  # a --views / --synthetic run does not score it
-        pass
+    # the whole training set, scored before the first step and after each epoch (train_rrs
+    # records it in both branches above)
+    print("training-set MSE (harmful / benign) per epoch, 0 = vanilla:", " ".join(
+        f"{r['epoch']}:{r['mse']:.3f} ({r['mse_harmful']:.3f} / {r['mse_benign']:.3f})"
+        for r in stages.epoch_mse(checkpoint)))
 
     rows = []
     for split, table in (("train", stages.train_questions(questions)), ("test", stages.split_questions(questions))):
