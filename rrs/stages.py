@@ -14,8 +14,9 @@ so a stale artifact is never returned.
     model = stages.load_method(adapter, questions, P, seed, "rrs")          # peft model
 
 Layout under rrs.paths.cache_dir(): features/<key>.pt and checkpoints/<key>/ (one folder
-per training run: epoch_1 ... epoch_N, training_state.pt, loss_log.json, stage.json and,
-for an RRS run that records it, epoch_mse.json; the ablation variants of METHODS do not).
+per training run: epoch_1 ... epoch_N, training_state.pt, loss_log.json, stage.json and the
+loss over the whole training set after each epoch: epoch_mse.json for an RRS run that records
+it (the ablation variants of METHODS do not), epoch_ce.json for an SFT run).
 With a constant learning rate (the mini and ci profiles) the epoch count is not part of a
 run's key: asking for more epochs than a run holds resumes it (the batch order depends on
 (seed, epoch) only, so this equals a longer uninterrupted run); asking for fewer returns an
@@ -305,6 +306,14 @@ def epoch_mse(checkpoint: str | Path) -> list[dict]:
     return _run_rows(checkpoint, EPOCH_MSE_FILE)
 
 
+def epoch_ce(checkpoint: str | Path) -> list[dict]:
+    """An SFT run's response cross-entropy (per token) over its whole training set
+    ({"epoch", "ce"}), epoch 0 (the vanilla model) up to and including the checkpoint's epoch."""
+    from .training import EPOCH_CE_FILE
+
+    return _run_rows(checkpoint, EPOCH_CE_FILE)
+
+
 def _run(run_dir: Path, record: dict, epochs: int, train, *, retrain_on_mismatch: bool = True) -> Path:
     """Return run_dir/epoch_<epochs>, training (or resuming) only when it is missing."""
     from .training import STATE_FILE, CheckpointMismatchError
@@ -406,7 +415,8 @@ def sft_checkpoint(adapter, questions: pd.DataFrame, P, seed: int = 0, *, kind: 
     epochs = _epochs(P, epochs)
     items = training_items(questions, "mirror", seed)
     key = {"stage": f"sft_{kind}", "model": model_key(adapter), "items": items_digest(items), "seed": seed,
-           "templates": list(REFUSAL_TEMPLATES), "train": _train_config(P, epochs), "prompts": list(TRAINING_PROMPTS)}
+           "templates": list(REFUSAL_TEMPLATES), "train": _train_config(P, epochs), "prompts": list(TRAINING_PROMPTS),
+           "epoch_ce": True}  # the run records epoch_ce.json (runs from before that file are not reused)
     if kind == "mixed":
         key["max_new_tokens"] = P.max_new_tokens
     run_dir = cache_dir() / "checkpoints" / _key(key)
@@ -461,4 +471,4 @@ def load_method(adapter, questions: pd.DataFrame, P, seed: int, method: str, *, 
 
 __all__ = ["METHODS", "MODES", "setup", "safety_features", "training_items", "rrs_checkpoint", "sft_checkpoint",
            "method_checkpoint", "load_method", "representations", "refusal_token_probs", "epoch_checkpoints",
-           "training_log", "epoch_mse", "split_questions", "train_questions"]
+           "training_log", "epoch_mse", "epoch_ce", "split_questions", "train_questions"]

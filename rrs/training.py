@@ -58,8 +58,10 @@ REFUSAL_TEMPLATES = (
 CHECKPOINT_META = "rrs_checkpoint.json"
 STATE_FILE = "training_state.pt"
 LOG_FILE = "loss_log.json"
-# RRS only: the MSE over the whole training set, before training (epoch 0) and after each epoch
+# A run's loss over its whole training set, before training (epoch 0) and after each epoch:
+# the MSE of an RRS run, the response cross-entropy of an SFT run
 EPOCH_MSE_FILE = "epoch_mse.json"
+EPOCH_CE_FILE = "epoch_ce.json"
 
 
 class CheckpointMismatchError(ValueError):
@@ -225,20 +227,22 @@ def rrs_loss(h: torch.Tensor, target: torch.Tensor, penalty: torch.Tensor, weigh
     return mse + weight * penalty, mse, penalty
 
 
-def sft_loss(adapter, batch, model) -> torch.Tensor:
+def sft_loss(adapter, batch, model, reduction: str = "mean") -> torch.Tensor:
     """Next-token cross-entropy on the labelled (response) tokens only."""
     batch = dict(batch)
     labels = batch.pop("labels")
     hidden = adapter.backbone(model)(**adapter.forward_kwargs(batch), use_cache=False).last_hidden_state
-    return response_cross_entropy(adapter, model, hidden, labels)
+    return response_cross_entropy(adapter, model, hidden, labels, reduction)
 
 
-def response_cross_entropy(adapter, model, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the labelled tokens given the decoder states [B, L, H]."""
+def response_cross_entropy(adapter, model, hidden: torch.Tensor, labels: torch.Tensor,
+                           reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of the labelled tokens given the decoder states [B, L, H] (`reduction`:
+    "mean" over those tokens, or their "sum")."""
     target = labels[:, 1:]
     keep = target != -100  # position t predicts token t + 1
     logits = adapter.lm_head(model)(hidden[:, :-1][keep]).float()
-    return F.cross_entropy(logits, target[keep])
+    return F.cross_entropy(logits, target[keep], reduction=reduction)
 
 
 def _inputs_key(kind: str, examples: Sequence[Example], responses: Sequence[str] | None = None) -> str:
@@ -413,11 +417,11 @@ def training_attention():
 
 def _fit(adapter, peft_model, examples, step_fn: Callable, *, cfg: TrainConfig, out_dir, seed: int, meta: dict,
          epochs: int, resume: bool, on_epoch_end, progress: bool, desc: str,
-         evaluate: Callable[[], dict] | None = None) -> TrainResult:
+         evaluate: Callable[[], dict] | None = None, evaluate_file: str = EPOCH_MSE_FILE) -> TrainResult:
     """The shared loop: seeded shuffling, grad accumulation, clipping, AdamW, checkpoints.
 
     `evaluate()` (optional) scores the whole training set; it runs before the first epoch and
-    after each one, and its rows ({"epoch": e, ...}) go to EPOCH_MSE_FILE."""
+    after each one, and its rows ({"epoch": e, ...}) go to out_dir/`evaluate_file`."""
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
@@ -436,7 +440,7 @@ def _fit(adapter, peft_model, examples, step_fn: Callable, *, cfg: TrainConfig, 
         for old in out_dir.iterdir():
             if re.fullmatch(r"epoch_\d+", old.name) and old.is_dir():
                 shutil.rmtree(old)
-            elif old.name in (STATE_FILE, LOG_FILE, EPOCH_MSE_FILE):
+            elif old.name in (STATE_FILE, LOG_FILE, EPOCH_MSE_FILE, EPOCH_CE_FILE):
                 old.unlink()
         if evaluate is not None:
             evals.append({"epoch": 0, **evaluate()})  # the vanilla model: LoRA B starts at zero
@@ -479,7 +483,7 @@ def _fit(adapter, peft_model, examples, step_fn: Callable, *, cfg: TrainConfig, 
                         "evals": evals}, tmp)
         rio.write_json(out_dir / LOG_FILE, log)
         if evaluate is not None:
-            rio.write_json(out_dir / EPOCH_MSE_FILE, evals)
+            rio.write_json(out_dir / evaluate_file, evals)
         if on_epoch_end is not None:
             on_epoch_end(epoch)
     bar.close()
@@ -621,7 +625,10 @@ def train_sft(adapter, items, responses: Sequence[str], train: TrainConfig | Pro
               epochs: int | None = None, resume: bool = False, on_epoch_end: Callable[[int], None] | None = None,
               extract_batch_size: int | None = None, progress: bool = True) -> TrainResult:
     """SFT baseline on the same examples and budget as RRS; `responses[i]` answers row i
-    of `items` (in every mode). Loss log entries carry "ce"."""
+    of `items` (in every mode). Loss log entries carry "ce". The response cross-entropy over
+    the whole training set (per token, dropout off), with the vanilla model and after each
+    epoch, goes to out_dir/EPOCH_CE_FILE, as RRS records its MSE: the per-step losses are of
+    one batch each, with dropout, and move less than their noise in a short run."""
     cfg = _train_config(train)
     epochs = cfg.epochs if epochs is None else epochs
     items = items.reset_index(drop=True)
@@ -638,17 +645,35 @@ def train_sft(adapter, items, responses: Sequence[str], train: TrainConfig | Pro
     cache = cached_decoder_inputs(adapter, sft_batch, len(examples), extract_batch_size or cfg.batch_size, progress,
                                   key=_inputs_key("sft", examples, responses))
 
-    def step(idx, epoch):  # the SFT baselines (OURS) keep each example's own prompt in every profile
+    def batch_ce(idx, reduction="mean"):
+        """(cross-entropy of the response tokens of examples `idx`, their labels)"""
         if cache is None:
-            loss = sft_loss(adapter, sft_batch(idx), peft_model)
-        else:
-            inputs = adapter.collate_decoder_inputs([cache[i] for i in idx])
-            loss = response_cross_entropy(adapter, peft_model, adapter.decoder_states(inputs, peft_model),
-                                          inputs["labels"])
+            batch = sft_batch(idx)
+            return sft_loss(adapter, batch, peft_model, reduction), batch["labels"]
+        inputs = adapter.collate_decoder_inputs([cache[i] for i in idx])
+        states = adapter.decoder_states(inputs, peft_model)
+        return response_cross_entropy(adapter, peft_model, states, inputs["labels"], reduction), inputs["labels"]
+
+    def step(idx, epoch):  # the SFT baselines (OURS) keep each example's own prompt in every profile
+        loss, _ = batch_ce(idx)
         return loss, {"ce": loss.item()}
 
+    def training_set_ce() -> dict:
+        from tqdm.auto import tqdm
+
+        peft_model.eval()
+        total, tokens = 0.0, 0
+        with torch.no_grad():
+            for s in tqdm(range(0, len(examples), cfg.batch_size), desc="training-set CE", disable=not progress,
+                          leave=False, unit="batch"):
+                ce_sum, labels = batch_ce(list(range(s, min(len(examples), s + cfg.batch_size))), "sum")
+                total += ce_sum.item()
+                tokens += int((labels[:, 1:] != -100).sum())
+        return {"ce": total / tokens}
+
     return _fit(adapter, peft_model, examples, step, cfg=cfg, out_dir=out_dir, seed=seed, meta=meta, epochs=epochs,
-                resume=resume, on_epoch_end=on_epoch_end, progress=progress, desc=f"{kind} {adapter.model_id}")
+                resume=resume, on_epoch_end=on_epoch_end, progress=progress, desc=f"{kind} {adapter.model_id}",
+                evaluate=training_set_ce, evaluate_file=EPOCH_CE_FILE)
 
 
 # -- evaluation ------------------------------------------------------------------------

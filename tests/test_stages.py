@@ -158,6 +158,7 @@ def test_sft_checkpoints(adapter, questions, P, monkeypatch):
     assert stages.sft_checkpoint(adapter, questions, P, 0, kind="mixed", progress=False) == mixed
     assert len(calls) == 2  # both cached: no retraining, no regeneration
     assert json.loads((refusal / "rrs_checkpoint.json").read_text())["train_config"]["lora_r"] == FAST.lora_r
+    assert [r["epoch"] for r in stages.epoch_ce(mixed)] == list(range(FAST.epochs + 1))
     with pytest.raises(ValueError, match="unknown SFT kind"):
         stages.sft_checkpoint(adapter, questions, P, 0, kind="dpo")
 

@@ -14,7 +14,7 @@ from rrs.modes import H0_PROMPT, TRAINING_PROMPTS
 from rrs.profiles import TrainConfig
 from rrs.training import (REFUSAL_TEMPLATES, CheckpointMismatchError, attach_lora, batch_prompts, compute_targets,
                           detach_lora, learning_rate, load_trained, lora_config, lora_penalty, mixed_sft_data,
-                          refusal_sft_data, rrs_loss, train_rrs, train_sft, training_examples)
+                          refusal_sft_data, rrs_loss, sft_loss, train_rrs, train_sft, training_examples)
 
 # Full-batch steps on the 8 tiny items: the loss curve is deterministic, not batch noise.
 FAST = TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.0, epochs=2, lr=1e-3, batch_size=8, grad_accum=1,
@@ -335,6 +335,42 @@ def test_refusal_sft_reduces_cross_entropy(tiny_qwen2_audio_adapter, tiny_items,
     assert len(ce) == 4 and all(b < a for a, b in zip(ce, ce[1:])) and ce[-1] < ce[0] - 0.1, ce
     meta = json.loads((tmp_path / "sft" / "epoch_4" / "rrs_checkpoint.json").read_text())
     assert meta["kind"] == "sft-refusal" and meta["direction_hash"] is None
+    # the whole-training-set cross-entropy: one full batch and no dropout, so step e + 1 saw the
+    # model of epoch e (epoch 0: vanilla); the trained model's is recomputed here
+    rows = json.loads((tmp_path / "sft" / "epoch_ce.json").read_text())
+    assert [r["epoch"] for r in rows] == [0, 1, 2, 3, 4]
+    assert [r["ce"] for r in rows[:4]] == pytest.approx(ce, rel=1e-5)
+    examples = training_examples(items)
+    batch = tiny_qwen2_audio_adapter.sft_batch([e.train_input for e in examples], [responses[e.row] for e in examples])
+    with torch.no_grad():
+        trained = sft_loss(tiny_qwen2_audio_adapter, batch, result.peft_model).item()
+    assert rows[4]["ce"] == pytest.approx(trained, rel=1e-5) and rows[4]["ce"] < ce[-1]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_models_train_as_in_float32(dtype, tiny_items, tmp_path):
+    """The paper profile runs its models in bfloat16, the colab one in float16. peft keeps the
+    LoRA weights in float32, so small steps accumulate instead of rounding away, and both
+    losses over the whole training set fall as they do in float32."""
+    from rrs.models.qwen2_audio import Qwen2AudioAdapter, random_tiny_qwen2_audio
+
+    cfg = replace(FAST, epochs=3, dtype=dtype)
+    runs = {}
+    for name in ("float32", dtype):
+        model, processor = random_tiny_qwen2_audio(seed=0)
+        adapter = Qwen2AudioAdapter(model.to(getattr(torch, name)), processor, model_id="tiny-qwen2-audio")
+        rrs = train_rrs(adapter, tiny_items, features_for(adapter, tiny_items), cfg, tmp_path / name / "rrs",
+                        progress=False)
+        assert {p.dtype for n, p in rrs.peft_model.named_parameters() if "lora_" in n} == {torch.float32}
+        detach_lora(adapter)
+        items, responses = refusal_sft_data(tiny_items)
+        train_sft(adapter, items, responses, cfg, tmp_path / name / "sft", progress=False)
+        runs[name] = [[r[key] for r in json.loads((tmp_path / name / file).read_text())]
+                      for file, key in (("rrs/epoch_mse.json", "mse"), ("sft/epoch_ce.json", "ce"))]
+    for mse, ce in runs.values():
+        assert mse[-1] < 0.9 * mse[0] and all(b < a for a, b in zip(ce, ce[1:])), (mse, ce)
+    (mse32, ce32), (mse, ce) = runs["float32"], runs[dtype]
+    assert mse[-1] == pytest.approx(mse32[-1], rel=0.03) and ce[-1] == pytest.approx(ce32[-1], rel=1e-3)
 
 
 def test_mixed_sft_data_uses_the_vanilla_answers(tiny_qwen2_audio_adapter, tiny_items):
