@@ -209,14 +209,28 @@ def git_commit(root: str | Path = REPO_ROOT) -> str:
         return "unknown"
 
 
+def cpu_name() -> str | None:
+    """The processor's model name (Linux: /proc/cpuinfo), else what `platform` knows, else None."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name") and ":" in line:
+                return line.split(":", 1)[1].strip() or None
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def compute_platform() -> dict:
-    """What the last bits of a result depend on besides code, data and seed: torch's version
-    and the kernels it runs (the CPU's instruction set, and the GPU when one is present).
-    The same commit gives byte-identical outputs on one machine, but can differ in a last
-    digit on a CPU with other vector instructions (README, "Reproducibility")."""
+    """What the last bits of a result depend on besides code, data and seed: torch's version,
+    the kernels it runs (the CPU's instruction set, and the GPU when one is present) and the
+    processor. The same commit gives byte-identical outputs on one machine, but can differ in
+    a last digit on another processor, even one with the same kernels (README,
+    "Reproducibility")."""
     import torch
 
-    return {"torch": torch.__version__, "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
+    return {"torch": torch.__version__, "cpu_kernels": torch.backends.cpu.get_cpu_capability(), "cpu": cpu_name(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 

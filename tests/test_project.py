@@ -175,6 +175,10 @@ def test_provenance_record(tmp_path):
     import torch
 
     assert record["platform"]["torch"] == torch.__version__ and record["platform"]["cpu_kernels"]
+    assert record["platform"]["cpu"] == rio.cpu_name()
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    if "model name" in cpuinfo:  # Linux on x86: the processor's name, as the kernel reports it
+        assert rio.cpu_name() and f": {rio.cpu_name()}" in cpuinfo
     assert record["git_commit"] != ""
     figure = tmp_path / "figure1.png"
     path = rio.write_with_provenance({figure: b"png"}, record, beside=figure)
