@@ -17,6 +17,14 @@ transformers 4.x, so its case is skipped here (transformers 5). In its own envir
     RRS_QWEN_AUDIO_REMOTE_CODE=DIR ENV/bin/python -m pytest tests/test_paper_path.py -k qwen_audio_chat
 
 where DIR holds the remote code's Python files (scripts/qwen_audio_chat_check.py lists them).
+
+RRS_TEST_DEVICE, RRS_TEST_DTYPE and RRS_TEST_EPOCHS replace the CPU, float32 and one epoch, e.g.
+for the profile's own bfloat16, on a GPU where there is one:
+
+    RRS_TEST_DEVICE=cuda RRS_TEST_DTYPE=bfloat16 RRS_TEST_EPOCHS=4 .venv/bin/python -m pytest tests/test_paper_path.py
+
+bfloat16 needs 4 epochs: at the paper's learning rate one step of these random models moves
+h(x) less than bfloat16 rounds, so notebook 04's check that RRS lowered its loss fails.
 """
 from __future__ import annotations
 
@@ -30,12 +38,14 @@ from rrs.paths import REPO_ROOT
 
 NOTEBOOKS = ("02_representation_probing", "03_feature_selection", "04_rrs_training", "05_main_results",
              "06_ablations", "07_capability")
-COMMON = {"profile": "paper", "device": "cpu", "dtype": "float32", "n_train": 4, "n_test": 6, "epochs": 1}
+COMMON = {"profile": "paper", "device": os.environ.get("RRS_TEST_DEVICE", "cpu"),
+          "dtype": os.environ.get("RRS_TEST_DTYPE", "float32"), "n_train": 4, "n_test": 6,
+          "epochs": int(os.environ.get("RRS_TEST_EPOCHS", "1"))}
 EXTRA = {"04_rrs_training": {"check_bars": False}}
-# the paper profile's learning rate decays over the run, so notebook 06's 2-epoch run is a run of its
-# own: both its epochs are judged (rrs_epoch1 is not Table 1's 1-epoch `rrs`)
+# the paper profile's learning rate decays over the run, so notebook 06's run of twice the epochs is a
+# run of its own: all its epochs are judged (rrs_epoch1 is not Table 1's 1-epoch `rrs`)
 METHODS = {"vanilla", "sft_refusal", "sft_mixed", "rrs", "rrs_top12.5", "rrs_top25", "rrs_top50", "rrs_basic",
-           "rrs_parallel", "rrs_epoch1", "rrs_epoch2"}
+           "rrs_parallel", *(f"rrs_epoch{e}" for e in range(1, 2 * COMMON["epochs"] + 1))}
 
 
 def _save_tiny(arch: str, folder: Path) -> Path:
@@ -134,7 +144,7 @@ def test_paper_profile_notebooks(arch, paper_env):
     sources = json.loads((out / "tables" / "results_long.provenance.json").read_text())["sources"]
     assert set(sources) == {"05_main_results", "06_ablations", "07_capability"}
     assert {(r["profile"], r["model"], r["run"]["dtype"], r["run"]["max_test_pairs"]) for r in sources.values()} == {
-        ("paper", str(model), "float32", COMMON["n_test"])}
+        ("paper", str(model), COMMON["dtype"], COMMON["n_test"])}
     for table in ("table1_main_results", "table2_capability", "table3_top_m", "table4_structures",
                   "rrs_training_length", "ablation_answer_agreement"):
         for ext in ("csv", "md", "tex", "provenance.json"):
