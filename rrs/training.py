@@ -235,14 +235,19 @@ def sft_loss(adapter, batch, model, reduction: str = "mean") -> torch.Tensor:
     return response_cross_entropy(adapter, model, hidden, labels, reduction)
 
 
+def response_token_mask(labels: torch.Tensor) -> torch.Tensor:
+    """[B, L - 1]: which positions predict a labelled (response) token; position t predicts
+    token t + 1."""
+    return labels[:, 1:] != -100
+
+
 def response_cross_entropy(adapter, model, hidden: torch.Tensor, labels: torch.Tensor,
                            reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy of the labelled tokens given the decoder states [B, L, H] (`reduction`:
     "mean" over those tokens, or their "sum")."""
-    target = labels[:, 1:]
-    keep = target != -100  # position t predicts token t + 1
+    keep = response_token_mask(labels)
     logits = adapter.lm_head(model)(hidden[:, :-1][keep]).float()
-    return F.cross_entropy(logits, target[keep], reduction=reduction)
+    return F.cross_entropy(logits, labels[:, 1:][keep], reduction=reduction)
 
 
 def _inputs_key(kind: str, examples: Sequence[Example], responses: Sequence[str] | None = None) -> str:
@@ -415,14 +420,29 @@ def training_attention():
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
+def _index_batches(n: int, size: int, desc: str, progress: bool):
+    """The indices 0..n-1 in lists of `size`, with a progress bar: the batches of a score over
+    the whole training set."""
+    from tqdm.auto import tqdm
+
+    for s in tqdm(range(0, n, size), desc=desc, disable=not progress, leave=False, unit="batch"):
+        yield list(range(s, min(n, s + size)))
+
+
 def _fit(adapter, peft_model, examples, step_fn: Callable, *, cfg: TrainConfig, out_dir, seed: int, meta: dict,
          epochs: int, resume: bool, on_epoch_end, progress: bool, desc: str,
          evaluate: Callable[[], dict] | None = None, evaluate_file: str = EPOCH_MSE_FILE) -> TrainResult:
     """The shared loop: seeded shuffling, grad accumulation, clipping, AdamW, checkpoints.
 
     `evaluate()` (optional) scores the whole training set; it runs before the first epoch and
-    after each one, and its rows ({"epoch": e, ...}) go to out_dir/`evaluate_file`."""
+    after each one, in eval mode and without gradients, and its rows ({"epoch": e, ...}) go to
+    out_dir/`evaluate_file`."""
     from tqdm.auto import tqdm
+
+    def score() -> dict:  # dropout off, no gradients, no random draws: scoring leaves the training as it is
+        peft_model.eval()
+        with torch.no_grad():
+            return evaluate()
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -443,7 +463,7 @@ def _fit(adapter, peft_model, examples, step_fn: Callable, *, cfg: TrainConfig, 
             elif old.name in (STATE_FILE, LOG_FILE, EPOCH_MSE_FILE, EPOCH_CE_FILE):
                 old.unlink()
         if evaluate is not None:
-            evals.append({"epoch": 0, **evaluate()})  # the vanilla model: LoRA B starts at zero
+            evals.append({"epoch": 0, **score()})  # the vanilla model: LoRA B starts at zero
 
     n, bs, accum = len(examples), cfg.batch_size, max(1, cfg.grad_accum)
     groups_per_epoch = math.ceil(math.ceil(n / bs) / accum)
@@ -476,7 +496,7 @@ def _fit(adapter, peft_model, examples, step_fn: Callable, *, cfg: TrainConfig, 
             bar.set_postfix({k: f"{v:.4g}" for k, v in terms.items()})
         peft_model.eval()
         if evaluate is not None:
-            evals.append({"epoch": epoch, **evaluate()})
+            evals.append({"epoch": epoch, **score()})
         _save_epoch(peft_model, out_dir, epoch, meta)
         with rio.atomic_path(state_path) as tmp:
             torch.save({"epoch": epoch, "meta": meta, "optimizer": opt.state_dict(), "rng": _rng_state(), "log": log,
@@ -567,16 +587,8 @@ def train_rrs(adapter, train_items, features: SafetyFeatures, train: TrainConfig
         return loss, {"loss": loss.item(), "mse": mse.item(), "penalty": pen.item()}
 
     def training_set_mse() -> dict:
-        from tqdm.auto import tqdm
-
-        peft_model.eval()
-        per_example = []
-        with torch.no_grad():
-            for s in tqdm(range(0, len(examples), cfg.batch_size), desc="training-set MSE", disable=not progress,
-                          leave=False, unit="batch"):
-                idx = list(range(s, min(len(examples), s + cfg.batch_size)))
-                per_example.append(((last_states(idx).float() - targets[idx].float()) ** 2).mean(1).cpu())
-        d = torch.cat(per_example)
+        d = torch.cat([((last_states(idx).float() - targets[idx].float()) ** 2).mean(1).cpu()
+                       for idx in _index_batches(len(examples), cfg.batch_size, "training-set MSE", progress)])
         return {"mse": d.mean().item(), "mse_harmful": d[harmful].mean().item(), "mse_benign": d[benign].mean().item()}
 
     return _fit(adapter, peft_model, examples, step, cfg=cfg, out_dir=out_dir, seed=seed, meta=meta, epochs=epochs,
@@ -659,16 +671,11 @@ def train_sft(adapter, items, responses: Sequence[str], train: TrainConfig | Pro
         return loss, {"ce": loss.item()}
 
     def training_set_ce() -> dict:
-        from tqdm.auto import tqdm
-
-        peft_model.eval()
         total, tokens = 0.0, 0
-        with torch.no_grad():
-            for s in tqdm(range(0, len(examples), cfg.batch_size), desc="training-set CE", disable=not progress,
-                          leave=False, unit="batch"):
-                ce_sum, labels = batch_ce(list(range(s, min(len(examples), s + cfg.batch_size))), "sum")
-                total += ce_sum.item()
-                tokens += int((labels[:, 1:] != -100).sum())
+        for idx in _index_batches(len(examples), cfg.batch_size, "training-set CE", progress):
+            ce_sum, labels = batch_ce(idx, "sum")
+            total += ce_sum.item()
+            tokens += int(response_token_mask(labels).sum())
         return {"ce": total / tokens}
 
     return _fit(adapter, peft_model, examples, step, cfg=cfg, out_dir=out_dir, seed=seed, meta=meta, epochs=epochs,
