@@ -301,6 +301,16 @@ def load_saved_questions(path: Path) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- structures
 
 STRUCTURES = ("basic", "mirror", "parallel")
+# OUR control for Basic, not a structure of the paper: Mirror on Basic's half of the harmful questions
+CONTROL_STRUCTURES = ("mirror_half",)
+
+
+def training_halves(train: pd.DataFrame, seed: int = 0) -> tuple[set, set]:
+    """The training groups split in two seeded halves (A, B), for Basic and its control."""
+    groups = sorted(train["group"].unique())
+    order = np.random.default_rng(seed).permutation(len(groups))
+    cut = (len(groups) + 1) // 2
+    return {groups[i] for i in order[:cut]}, {groups[i] for i in order[cut:]}
 
 
 def dataset_structure(train: pd.DataFrame, structure: str, *, seed: int = 0) -> pd.DataFrame:
@@ -309,30 +319,35 @@ def dataset_structure(train: pd.DataFrame, structure: str, *, seed: int = 0) -> 
 
     - mirror: each harmful question with its own minimally edited benign twin (the
       released data), spoken (audio).
-    - basic: the same harmful questions, but each paired with an *unrelated* benign
-      question (a benign twin of another pair, shuffled so no pair stays together).
+    - basic: harmful questions with *unrelated* benign ones: the harmful questions of one
+      seeded half of the training groups (A) and the benign questions of the other (B), so
+      no trained harmful question has its twin among the benign ones. The training split
+      has no other benign questions, so Basic has about half of Mirror's questions.
     - parallel: mirror's questions in both forms, written (text) and spoken (audio).
-    Returns rows with a `modality` column ('audio' or 'text').
+    - mirror_half (OUR control, not in the paper): the harmful questions of half A with
+      their own twins, as many harmful questions as Basic, so that Basic against it
+      measures the pairing alone and it against Mirror the size.
+    Returns rows with a `modality` column ('audio' or 'text'). RRS uses no pairing, only
+    which questions are trained (Δ is a difference of means), so `pair_id` is kept for
+    the figure: Basic's harmful and benign rows are paired in order ('basic-NNN').
     """
-    if structure not in STRUCTURES:
-        raise ValueError(f"unknown dataset structure {structure!r}; choose one of {STRUCTURES}")
+    if structure not in STRUCTURES + CONTROL_STRUCTURES:
+        raise ValueError(f"unknown dataset structure {structure!r}; choose one of "
+                         f"{STRUCTURES + CONTROL_STRUCTURES}")
     train = train[train["split"] == "train"]
     harmful = train[train["label"] == "harmful"]
     benign = train[train["label"] == "benign"]
     if harmful.empty or benign.empty:
         raise ValueError("dataset structure needs harmful and benign training questions")
+    if structure in ("basic", "mirror_half"):
+        half_a, half_b = training_halves(train, seed)
+        harmful = harmful[harmful["group"].isin(half_a)]
+        benign = benign[benign["group"].isin(half_b if structure == "basic" else half_a)]
+        if harmful.empty or benign.empty:
+            raise ValueError(f"{structure}: too few training groups to split in two halves ({len(half_a)} + {len(half_b)})")
     if structure == "basic":
-        rng = np.random.default_rng(seed)
-        order = rng.permutation(len(benign))
-        # a derangement by groups: rotate until no benign sits beside its own twin
-        groups_h = harmful["group"].to_numpy()
-        benign = benign.iloc[order].reset_index(drop=True)
-        shift = 1
-        while (benign["group"].to_numpy()[: len(groups_h)] == groups_h[: len(benign)]).any() and shift < len(benign):
-            benign = benign.iloc[np.roll(np.arange(len(benign)), 1)].reset_index(drop=True)
-            shift += 1
-        benign = benign.assign(pair_id=[f"basic-{i:03d}" for i in range(len(benign))])
         harmful = harmful.assign(pair_id=[f"basic-{i:03d}" for i in range(len(harmful))])
+        benign = benign.assign(pair_id=[f"basic-{i:03d}" for i in range(len(benign))])
     items = pd.concat([harmful, benign], ignore_index=True).assign(modality="audio")
     if structure == "parallel":
         items = pd.concat([items, items.assign(modality="text")], ignore_index=True)
@@ -410,3 +425,24 @@ def model_inputs(df: pd.DataFrame, mode: str, *, prompt: str | None = None,
             wav = audio.load_audio(row.audio_path, max_seconds=max_seconds)
         inputs.append(build_input(row.text, wav, mode, prompt=prompt, refusal=refusal))
     return inputs
+
+
+def main(argv=None) -> int:
+    """`python -m rrs.data download FOLDER`: fetch every source file into FOLDER (then point
+    RRS_DATA_DIR at it); each file is verified by its record checksum before it is kept."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m rrs.data", description=main.__doc__)
+    ap.add_argument("command", choices=["download"])
+    ap.add_argument("folder", type=Path)
+    args = ap.parse_args(argv)
+    try:
+        download_sources(args.folder)
+    except (OSError, DataError) as e:  # OSError: no network, a host that does not answer
+        raise SystemExit(f"rrs.data: error: {e}") from e
+    print(f"downloaded {len(SOURCES)} files into {args.folder}; now run with RRS_DATA_DIR={args.folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

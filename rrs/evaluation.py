@@ -32,7 +32,7 @@ import pandas as pd
 
 from . import io as rio
 from .data import check_texts
-from .modes import MODES, build_input, check_mode
+from .modes import EVAL_AUDIO_TEXT_PROMPT, MODES, build_input, check_mode
 
 RESOURCES = Path(__file__).resolve().parent / "resources"
 DEFAULT_PHRASES = RESOURCES / "refusal_phrases_v1.txt"
@@ -386,6 +386,21 @@ def model_fingerprint(adapter, model=None, **settings) -> str:
                             "weights": weights, **settings})[:16]
 
 
+def _prompts(adapter, mode: str, prompt: str | None) -> dict:
+    """The texts around a question that shape its answer, for a verdict file's fingerprint."""
+    return {"prompt": (prompt or EVAL_AUDIO_TEXT_PROMPT) if mode == "audio-text" else None,
+            "system_prompt": getattr(adapter, "system_prompt", None)}
+
+
+def _weights_fingerprint(model) -> str | None:
+    """The base weights' fingerprint, None for a stand-in model that has no torch weights."""
+    import torch
+
+    from .models.base import weights_fingerprint
+
+    return weights_fingerprint(model) if isinstance(model, torch.nn.Module) else None
+
+
 def first_tokens(tokenizer, text: str, n: int = FIRST_TOKENS) -> list[str]:
     """The first n tokens of `text`, decoded one by one (whitespace words without a tokenizer)."""
     if tokenizer is None:
@@ -446,13 +461,16 @@ def evaluate(adapter, questions_df: pd.DataFrame, modes: Sequence[str], *, metho
     # without a caller's fingerprint, the questions and their clips are part of it, so that an
     # edited question file is judged again rather than read back from the last run
     sets = dict(tuple(questions_df.groupby("test_set", sort=True)))
+    # ... and so are the base weights (a rebuilt or re-downloaded model is judged again)
+    base_weights = None if fingerprint else _weights_fingerprint(getattr(adapter, "model", None))
     question_keys = {} if fingerprint else {t: questions_digest(g, audio=False) for t, g in sets.items()}
     clip_keys = {} if fingerprint or not audio_modes else {t: clips_digest(g, load_audio) for t, g in sets.items()}
     all_rows: list[dict] = []
     for mode in modes:
         for test_set, g in sets.items():
             fp = fingerprint or model_fingerprint(
-                adapter, model, mode=mode, prompt=prompt, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                adapter, model, base_weights=base_weights, mode=mode, **_prompts(adapter, mode, prompt),
+                max_new_tokens=max_new_tokens, batch_size=batch_size,
                 questions=question_keys[test_set], capability=getattr(capability, "__name__", None),
                 clips=None if mode == "text-only" else clip_keys[test_set])
             path = verdicts_path(out_dir, method, mode, test_set)
@@ -460,6 +478,10 @@ def evaluate(adapter, questions_df: pd.DataFrame, modes: Sequence[str], *, metho
             if path.exists():
                 old = rio.read_jsonl(path)
                 if _matches(old, ids, judge, fp, store_generations):
+                    if not store_generations and any("response" in r for r in old):
+                        # an earlier run stored the answers; this one was asked not to keep them
+                        old = [{k: v for k, v in r.items() if k != "response"} for r in old]
+                        rio.write_jsonl(path, old)
                     all_rows += old
                     continue
             inputs = [build_input(row["text"], None if mode == "text-only" else load_audio(row), mode,
@@ -549,6 +571,14 @@ def _file_id(path: Path):
     return st.st_ino, st.st_mtime_ns
 
 
+def answers_with_the_mini_template(adapter) -> bool:
+    """True for the project's mini model, whose benign answers `capability_score` can check;
+    real models do not use its template (their capability needs a SpeechChatBenchmark)."""
+    from .mini import MARKER
+
+    return getattr(getattr(getattr(adapter, "model", None), "config", None), MARKER, False) is True
+
+
 def evaluate_method(adapter, questions: pd.DataFrame, P, seed: int, method: str, checkpoint, *,
                     test_sets: Sequence[str] = TEST_SETS, modes: Sequence[str] = MODES,
                     out_dir: str | Path | None = None, judge: RefusalJudge | None = None,
@@ -564,7 +594,8 @@ def evaluate_method(adapter, questions: pd.DataFrame, P, seed: int, method: str,
     `out_dir` (default P.results_dir / "verdicts" / <model>) and are reused when they match
     the questions, the judge and the model fingerprint (base weights, fine-tuned weights,
     generation settings); rows carry `model_name` (default adapter.model_id) as `model`.
-    Everything that can be checked cheaply is checked before a model runs. `stats`, when
+    Benign answers are scored with `capability_score` on the mini model only (its template);
+    other models' rows have `capable` None. Everything that can be checked cheaply is checked before a model runs. `stats`, when
     given, is filled with how many (question, mode) verdicts were generated / reused and
     the seconds spent generating.
     """
@@ -591,6 +622,8 @@ def evaluate_method(adapter, questions: pd.DataFrame, P, seed: int, method: str,
 
     detach_lora(adapter)
     base_weights = weights_fingerprint(adapter.model)
+    # the mini template's capability score means nothing for other models: left empty there
+    capability = capability_score if answers_with_the_mini_template(adapter) else None
     model = None if checkpoint is None else load_trained(adapter, checkpoint)
 
     from .audio import load_audio as read_clip
@@ -605,6 +638,7 @@ def evaluate_method(adapter, questions: pd.DataFrame, P, seed: int, method: str,
             g = df[df["test_set"] == test_set]
             for mode in modes:
                 fp = model_fingerprint(adapter, model, base_weights=base_weights, mode=mode,
+                                       **_prompts(adapter, mode, None), capability=getattr(capability, "__name__", None),
                                        max_new_tokens=P.max_new_tokens, batch_size=P.eval_batch_size,
                                        questions=questions_digest(g, audio=mode != "text-only"))
                 path = verdicts_path(out_dir, method, mode, test_set)
@@ -613,7 +647,7 @@ def evaluate_method(adapter, questions: pd.DataFrame, P, seed: int, method: str,
                 new = evaluate(adapter, g, [mode], method=method, model_id=model_name,
                                load_audio=load_audio, judge=judge, model=model,
                                max_new_tokens=P.max_new_tokens, batch_size=P.eval_batch_size,
-                               out_dir=out_dir, progress=progress, fingerprint=fp)
+                               out_dir=out_dir, progress=progress, fingerprint=fp, capability=capability)
                 if before is not None and _file_id(path) == before:
                     counts["reused"] += len(new)
                 else:

@@ -5,6 +5,7 @@ w_I is the LM-head row of the token "I", [H].
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from dataclasses import dataclass
@@ -147,6 +148,9 @@ class SafetyFeatures:
     def load(cls, path, *, model_id: str | None = None, hidden_size: int | None = None) -> "SafetyFeatures":
         """Load, refusing features made for another model id or hidden size."""
         blob = torch.load(path, map_location="cpu", weights_only=True)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(blob, dict) or set(blob) != fields:
+            raise ValueError(f"{path} is not a safety-features file (expected the fields {sorted(fields)})")
         if model_id is not None and blob["model_id"] != model_id:
             raise ValueError(f"{path}: safety features of {blob['model_id']!r}, not {model_id!r}")
         if hidden_size is not None and blob["hidden_size"] != hidden_size:

@@ -24,7 +24,7 @@ def data_dir() -> Path:
     raise FileNotFoundError(
         "No data directory: set RRS_DATA_DIR to a folder holding rrs_paper/, public/ and "
         f"sarsteer/ (looked for {default}), or fetch the files from their pinned public sources "
-        "with rrs.data.download_sources(FOLDER) and set RRS_DATA_DIR=FOLDER."
+        "with `python -m rrs.data download FOLDER` and set RRS_DATA_DIR=FOLDER."
     )
 
 

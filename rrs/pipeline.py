@@ -145,6 +145,10 @@ def run(profile: str, only: str | None, force: bool, seed: int, model: str | Non
             print(f"\nrun_all: interrupted in {book.name}; earlier results are untouched",
                   file=sys.stderr)
             return 130
+        except Exception as e:  # the kernel died, papermill could not start it, ...: no stale notebook
+            tmp.unlink(missing_ok=True)
+            print(f"\nrun_all: notebook {book.name} could not run ({type(e).__name__}: {e})", file=sys.stderr)
+            return 1
         tmp.replace(out)
         rio.write_json(stamp, {"fingerprint": fp, "notebook": book.name, "params": params,
                                "seconds": round(time.time() - t0, 1)})

@@ -38,8 +38,8 @@ def results_markdown(root: Path = REPO_ROOT) -> str:
         "All numbers below come from the **`mini` profile** (our miniature audio LLM, trained and "
         "evaluated on a 2-core CPU by `./run_all.sh`); they are not the paper's numbers, which "
         "need the 7B models and are not reproduced here. Each table links to the notebook "
-        "that makes it; `tables/results_long.csv` holds every number with n and a 95% "
-        "Wilson interval.", WIDTH)]
+        "that makes it; `tables/results_long.csv` holds every ASR, over-rejection and "
+        "capability rate with n and a 95% Wilson interval.", WIDTH)]
     summary = root / "results" / "mini" / "summary.json"
     if summary.exists():
         s = json.loads(summary.read_text())
@@ -53,6 +53,8 @@ def results_markdown(root: Path = REPO_ROOT) -> str:
             parts.append("**Headline** (from `results/mini/summary.json`):\n\n" + "\n".join(lines))
     for stem, title, notebook in TABLES:
         md = root / "tables" / f"{stem}.md"
+        if md.with_suffix(".csv").exists() and not md.exists():
+            raise FileNotFoundError(f"{md} is missing beside its .csv: the README cannot show {stem}")
         if md.exists():
             prov = rio.provenance_path(md)
             commit = json.loads(prov.read_text()).get("git_commit", "?")[:12] if prov.exists() else "?"
@@ -102,6 +104,8 @@ def make_summary(long, test, *, methods, test_set: str, model: str, profile: str
     if long.empty:
         raise ValueError(f"the results hold no rows of model {model!r}")
     value = long.set_index(["method", "mode", "test_set", "metric"])["value"]
+    # capability is scored on the mini model's answer template only (rrs.evaluation.evaluate_method)
+    scored = ("asr", "over_rejection") + (("capability",) if (long.metric == "capability").any() else ())
     n_of = test.groupby(["test_set", "label"]).size()
     numbers = {"test_set": t, "n_harmful": int(n_of[(t, "harmful")]), "n_benign": int(n_of[(t, "benign")])}
     for m in methods:
@@ -110,10 +114,10 @@ def make_summary(long, test, *, methods, test_set: str, model: str, profile: str
         numbers[f"{m}_asr_change"] = {mode: value[(m, mode, t, "asr")] - value[("vanilla", mode, t, "asr")]
                                       for mode in MODES}
         numbers[f"{m}_over_rejection_increase"] = over_rejection_increase(long, m, "vanilla", test_set=t, model=model)
-        numbers[f"{m}_capability_change"] = {
-            mode: value[(m, mode, t, "capability")] - value[("vanilla", mode, t, "capability")] for mode in MODES}
-    numbers["vanilla"] = {metric: {mode: value[("vanilla", mode, t, metric)] for mode in MODES}
-                          for metric in ("asr", "over_rejection", "capability")}
+        if "capability" in scored:
+            numbers[f"{m}_capability_change"] = {
+                mode: value[(m, mode, t, "capability")] - value[("vanilla", mode, t, "capability")] for mode in MODES}
+    numbers["vanilla"] = {metric: {mode: value[("vanilla", mode, t, metric)] for mode in MODES} for metric in scored}
 
     headline = {"model": f"{model} (profile {profile}, seed {seed}); the paper's numbers are not reproduced",
                 "judge": f"{judge.name} v{judge.version} (refusal-phrase list)",
@@ -131,9 +135,13 @@ def make_summary(long, test, *, methods, test_set: str, model: str, profile: str
             headline[f"over-rejection_increase_{METHOD_NAMES.get(m, m)}_vs_vanilla"] = (
                 f"{numbers[f'{m}_over_rejection_increase']:+.2f} points, mean over the three modes{extra}")
     if "rrs" in methods:
-        headline["RRS_capability_change_vs_vanilla"] = ", ".join(
-            f"{mode} {_signed(numbers['rrs_capability_change'][mode])}" for mode in MODES) + " points"
+        headline["RRS_capability_change_vs_vanilla"] = (
+            ", ".join(f"{mode} {_signed(numbers['rrs_capability_change'][mode])}" for mode in MODES) + " points"
+            if "capability" in scored else
+            "not measured: the capability score checks the mini model's answer template; plug a speech-chat "
+            "benchmark into rrs.evaluation.SpeechChatBenchmark for this model")
+    tables = ["table1_main_results", "table2_capability", "table3_top_m", "table4_structures"]
     return {"headline": headline, "headline_order": list(headline), "numbers": numbers,
             "judge": {"name": judge.name, "version": judge.version},
-            "tables": ["table1_main_results", "table2_capability", "table3_top_m", "table4_structures"],
+            "tables": [x for x in tables if "capability" in scored or x != "table2_capability"],
             "results_long": "tables/results_long.csv", "provenance": provenance}

@@ -58,6 +58,8 @@ METHODS: dict[str, dict | None] = {
     "rrs_top50": {"kind": "rrs", "top_m": 50.0, "structure": "mirror", "record_mse": False},
     "rrs_basic": {"kind": "rrs", "top_m": None, "structure": "basic", "record_mse": False},
     "rrs_parallel": {"kind": "rrs", "top_m": None, "structure": "parallel", "record_mse": False},
+    # OUR control for Basic (rrs.data.dataset_structure): Mirror on as many harmful questions as Basic
+    "rrs_mirror_half": {"kind": "rrs", "top_m": None, "structure": "mirror_half", "record_mse": False},
 }
 SFT_KINDS = ("refusal", "mixed")
 
@@ -226,26 +228,39 @@ def refusal_token_probs(adapter, h: torch.Tensor, model=None) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- safety features
 
-def features_path(adapter, questions: pd.DataFrame, top_m: float | None = None) -> Path:
-    key = _key({"stage": "features", "model": model_key(adapter), "items": items_digest(train_questions(questions)),
+def feature_questions(questions: pd.DataFrame, structure: str = "mirror", seed: int = 0) -> pd.DataFrame:
+    """The questions Δ is taken from: the training split for Mirror and Parallel (Parallel's
+    written copies add no new question), the structure's own questions for Basic and its
+    control, whose benign questions differ from Mirror's."""
+    if structure in ("mirror", "parallel"):
+        return train_questions(questions)
+    items = training_items(questions, structure, seed)
+    return items[items["modality"] == "audio"].drop(columns="modality").reset_index(drop=True)
+
+
+def features_path(adapter, questions: pd.DataFrame, top_m: float | None = None, *, structure: str = "mirror",
+                  seed: int = 0) -> Path:
+    key = _key({"stage": "features", "model": model_key(adapter),
+                "items": items_digest(feature_questions(questions, structure, seed)),
                 "mode": FEATURES_MODE, "prompt": H0_PROMPT, "refusal": REFUSAL_INSTRUCTION,
                 "top_m": None if top_m is None else float(top_m)})
     return cache_dir() / "features" / f"{key}.pt"
 
 
 def safety_features(adapter, questions: pd.DataFrame, P, seed: int = 0, top_m: float | None = None, *,
-                    progress: bool = True) -> SafetyFeatures:
-    """Δ, c, the mask and δ (docs/method.md steps 1-5) from the training split in audio-text mode:
-    h0_ref of the harmful questions (H0 prompt + refusal instruction), h0 of the benign ones
-    (H0 prompt). top_m=None keeps the features with c > 0 (the paper's default). Cached
-    under cache_dir()/features/ by model fingerprint, training questions and top_m."""
+                    structure: str = "mirror", progress: bool = True) -> SafetyFeatures:
+    """Δ, c, the mask and δ (docs/method.md steps 1-5) from the training questions of
+    `structure` (feature_questions) in audio-text mode: h0_ref of the harmful questions (H0
+    prompt + refusal instruction), h0 of the benign ones (H0 prompt). top_m=None keeps the
+    features with c > 0 (the paper's default). Cached under cache_dir()/features/ by model
+    fingerprint, questions and top_m."""
     from .representations import safety_features as compute
 
     P = _profile(P)
-    path = features_path(adapter, questions, top_m)
+    path = features_path(adapter, questions, top_m, structure=structure, seed=seed)
     if path.is_file():
         return SafetyFeatures.load(path, model_id=adapter.model_id, hidden_size=adapter.hidden_size)
-    features = compute(adapter, train_questions(questions), mode=FEATURES_MODE, top_m=top_m,
+    features = compute(adapter, feature_questions(questions, structure, seed), mode=FEATURES_MODE, top_m=top_m,
                        batch_size=P.eval_batch_size, progress=progress)
     features.save(path)
     return features
@@ -262,8 +277,19 @@ def _complete(epoch_dir: Path) -> bool:
             and (epoch_dir / "rrs_checkpoint.json").is_file())
 
 
+def _read_json(path: Path, what: str):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or text
+        raise ValueError(f"{path}: unreadable {what} ({type(e).__name__}: {e}); delete its run folder "
+                         f"{Path(path).parent} to train it again") from e
+
+
 def _epoch_of(checkpoint: Path) -> int:
-    return int(json.loads((Path(checkpoint) / "rrs_checkpoint.json").read_text())["epoch"])
+    record = _read_json(Path(checkpoint) / "rrs_checkpoint.json", "checkpoint record")
+    if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+        raise ValueError(f"{checkpoint}/rrs_checkpoint.json names no epoch")
+    return record["epoch"]
 
 
 def epoch_checkpoints(checkpoint: str | Path) -> dict[int, Path]:
@@ -286,7 +312,10 @@ def _run_rows(checkpoint: str | Path, name: str) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: {checkpoint.parent} is not a training run of this rrs version")
     epoch = _epoch_of(checkpoint)
-    return [row for row in json.loads(path.read_text()) if row["epoch"] <= epoch]
+    rows = _read_json(path, "training record")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "epoch" in r for r in rows):
+        raise ValueError(f"{path}: expected a list of rows with an epoch each")
+    return [row for row in rows if row["epoch"] <= epoch]
 
 
 def training_log(checkpoint: str | Path) -> list[dict]:
@@ -349,12 +378,12 @@ def rrs_run_dir(adapter, questions: pd.DataFrame, P, seed: int = 0, *, top_m: fl
                 epochs: int | None = None) -> Path:
     """The cache folder of one RRS training run (see the module docstring)."""
     P = _profile(P)
-    features = features or safety_features(adapter, questions, P, seed, top_m)
+    features = features or safety_features(adapter, questions, P, seed, top_m, structure=structure)
     items = training_items(questions, structure, seed)
     return cache_dir() / "checkpoints" / _key(
         {"stage": "rrs", "model": model_key(adapter), "top_m": None if top_m is None else float(top_m),
          "direction": features.direction_hash, "structure": structure, "items": items_digest(items),
-         "seed": seed, "train": _train_config(P, epochs),
+         "seed": seed, "train": _train_config(P, epochs), "prompts": list(TRAINING_PROMPTS), "h0_prompt": H0_PROMPT,
          # True: the run records epoch_mse.json (runs from before that file existed are not reused)
          "epoch_mse": record_mse})
 
@@ -373,7 +402,7 @@ def rrs_checkpoint(adapter, questions: pd.DataFrame, P, seed: int = 0, *, top_m:
 
     P = _profile(P)
     epochs = _epochs(P, epochs)
-    features = safety_features(adapter, questions, P, seed, top_m, progress=progress)
+    features = safety_features(adapter, questions, P, seed, top_m, structure=structure, progress=progress)
     items = training_items(questions, structure, seed)
     run_dir = rrs_run_dir(adapter, questions, P, seed, top_m=top_m, structure=structure, features=features,
                           record_mse=record_mse, epochs=epochs)
@@ -441,7 +470,8 @@ def method_checkpoint(adapter, questions: pd.DataFrame, P, seed: int, method: st
     """The checkpoint of a method by name (None for 'vanilla'); see METHODS:
 
     vanilla, rrs (mask c > 0, Mirror), sft_refusal, sft_mixed, rrs_top12.5, rrs_top25,
-    rrs_top50 (Top-m% masks, Mirror), rrs_basic, rrs_parallel (mask c > 0, other structures).
+    rrs_top50 (Top-m% masks, Mirror), rrs_basic, rrs_parallel, rrs_mirror_half (mask c > 0, other
+    structures).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
@@ -465,10 +495,11 @@ def load_method(adapter, questions: pd.DataFrame, P, seed: int, method: str, *, 
         detach_lora(adapter)
         return None
     spec = METHODS[method]
-    features = safety_features(adapter, questions, P, seed, spec["top_m"]) if spec["kind"] == "rrs" else None
+    features = (safety_features(adapter, questions, P, seed, spec["top_m"], structure=spec["structure"])
+                if spec["kind"] == "rrs" else None)
     return load_trained(adapter, path, features=features)
 
 
 __all__ = ["METHODS", "MODES", "setup", "safety_features", "training_items", "rrs_checkpoint", "sft_checkpoint",
            "method_checkpoint", "load_method", "representations", "refusal_token_probs", "epoch_checkpoints",
-           "training_log", "epoch_mse", "epoch_ce", "split_questions", "train_questions"]
+           "training_log", "epoch_mse", "epoch_ce", "split_questions", "train_questions", "feature_questions"]

@@ -16,7 +16,8 @@ cross-entropy on the response tokens only: (a) refusal SFT, harmful -> a refusal
 Every epoch ends with a peft checkpoint in out_dir/epoch_N (written to a temporary folder,
 then renamed) and out_dir/training_state.pt (optimiser, RNG states, loss log), so
 `resume=True` continues after the last complete epoch and ends with the same weights as
-an uninterrupted run. Checkpoints record the model, its weights fingerprint and the
+an uninterrupted run (on the CPU; a GPU's nondeterministic kernels, e.g. in attention's
+backward pass, can make the last bits differ). Checkpoints record the model, its weights fingerprint and the
 safety mask, and refuse to load or resume for another model or mask.
 """
 from __future__ import annotations
@@ -301,8 +302,8 @@ def compute_targets(adapter, harmful_inputs_h0: Sequence[ModelInput], benign_inp
 
 # Keys of the checkpoint record that must agree to resume; to load for evaluation only
 # the model (weights fingerprint) and, when given, the mask must agree.
-RESUME_KEYS = ("kind", "model_id", "base_weights", "top_m", "direction_hash", "data_hash", "seed", "train_config",
-               "record_mse", "schedule_epochs")
+RESUME_KEYS = ("kind", "model_id", "base_weights", "hidden_size", "lora_target_pattern", "modes", "top_m",
+               "direction_hash", "data_hash", "seed", "train_config", "record_mse", "schedule_epochs")
 
 
 def learning_rate(cfg: TrainConfig, step: int, total_steps: int) -> float:
@@ -497,13 +498,16 @@ def _fit(adapter, peft_model, examples, step_fn: Callable, *, cfg: TrainConfig, 
         peft_model.eval()
         if evaluate is not None:
             evals.append({"epoch": epoch, **score()})
+        # logs first, then the epoch folder, then the state: a run cut short between them leaves
+        # no complete epoch without its log rows (readers keep the rows up to their epoch), and
+        # resumes from the last state, redoing at most one epoch
+        rio.write_json(out_dir / LOG_FILE, log)
+        if evaluate is not None:
+            rio.write_json(out_dir / evaluate_file, evals)
         _save_epoch(peft_model, out_dir, epoch, meta)
         with rio.atomic_path(state_path) as tmp:
             torch.save({"epoch": epoch, "meta": meta, "optimizer": opt.state_dict(), "rng": _rng_state(), "log": log,
                         "evals": evals}, tmp)
-        rio.write_json(out_dir / LOG_FILE, log)
-        if evaluate is not None:
-            rio.write_json(out_dir / evaluate_file, evals)
         if on_epoch_end is not None:
             on_epoch_end(epoch)
     bar.close()
@@ -550,6 +554,9 @@ def train_rrs(adapter, train_items, features: SafetyFeatures, train: TrainConfig
                          f"{adapter.model_id} has {adapter.hidden_size}")
     if features.model_id != adapter.model_id:
         raise ValueError(f"safety features were computed for {features.model_id!r}, not {adapter.model_id!r}")
+    missing = sorted({"harmful", "benign"} - set(train_items["label"])) if len(train_items) else []
+    if missing:  # the recorded MSE of the missing group would be NaN, and the method needs both
+        raise ValueError(f"RRS needs harmful and benign training items; none is {missing[0]}")
     examples = training_examples(train_items, modes, seed, prompt_pool)
     detach_lora(adapter)
     meta = _schedule_meta(_meta(adapter, "rrs", cfg, seed, data_hash(examples), modes, features.top_m,

@@ -5,6 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
+  # pyproject.toml asks for Python 3.11 or 3.12: say so here, not in a pip resolver error
+  if ! "$PY" -c 'import sys, venv; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 12))' 2>/dev/null; then
+    echo "[bootstrap] $PY is not Python 3.11 or 3.12 with the venv module ($("$PY" --version 2>&1 | head -1));" \
+         "run with PYTHON=python3.11 (or python3.12) ./run_all.sh" >&2
+    exit 1
+  fi
   echo "[bootstrap] creating .venv with $($PY --version)"
   "$PY" -m venv .venv
 fi

@@ -172,7 +172,7 @@ def run_checks(folder: Path) -> list[tuple[str, bool]]:
     features = safety_features(adapter, items, progress=False)
     inputs = [e.train_input for e in training_examples(items)]
     vanilla = adapter.hidden_states(inputs, progress=False)
-    cfg = replace(P.train, lora_r=4, epochs=2, lr=1e-3, batch_size=4, grad_accum=1, dtype="float32")
+    cfg = replace(P.train, lora_r=4, epochs=2, lr=1e-3, batch_size=4, grad_accum=1)
     runs = Path(tempfile.mkdtemp(prefix="qwen-audio-chat-check-"))
     try:
         rrs = train_rrs(adapter, items, features, cfg, runs / "rrs", seed=0, progress=False)

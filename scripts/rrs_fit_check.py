@@ -112,7 +112,7 @@ def main(argv=None) -> None:
 
 def run(args, run_dir: Path) -> None:
     P, adapter, questions = stages.setup(args.profile, args.seed, model=args.model, progress=False)
-    train_cfg = dataclasses.replace(get_profile("paper").train, dtype="float32") if args.paper_settings else P.train
+    train_cfg = get_profile("paper").train if args.paper_settings else P.train
     if args.rank is not None:
         train_cfg = dataclasses.replace(train_cfg, lora_r=args.rank,
                                         lora_alpha=round(train_cfg.lora_alpha * args.rank / train_cfg.lora_r, 6))

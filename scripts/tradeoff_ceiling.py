@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rrs import stages  # noqa: E402
 from rrs.modes import MODES  # noqa: E402
 
-RRS_METHODS = ("rrs", "rrs_top12.5", "rrs_top25", "rrs_top50", "rrs_basic", "rrs_parallel")
+RRS_METHODS = ("rrs", "rrs_top12.5", "rrs_top25", "rrs_top50", "rrs_basic", "rrs_parallel", "rrs_mirror_half")
 
 
 def best_refusal_gain(p_refusal, harmful, base_harmful: float, base_benign: float, budget: float) -> float:

@@ -32,6 +32,39 @@ def test_sources_verify_and_load(questions):
     assert questions.id.is_unique
 
 
+def test_download_command_fetches_and_verifies_every_source(tmp_path, monkeypatch, capsys):
+    import dataclasses
+
+    # the public hosts cannot be reached here: serve this machine's copies through file:// URLs,
+    # so the download, the record check and the atomic write are the real ones
+    served = {k: dataclasses.replace(s, url=(data_dir() / s.path).as_uri()) for k, s in data.SOURCES.items()}
+    monkeypatch.setattr(data, "SOURCES", served)
+    assert data.main(["download", str(tmp_path / "fetched")]) == 0
+    assert "RRS_DATA_DIR=" in capsys.readouterr().out
+    assert data.data_checksum(tmp_path / "fetched") == data.data_checksum()
+    # an edited copy upstream is refused and not kept
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps([{**r, "prompt": r["prompt"] + "!"} if i == 0 else r
+                                  for i, r in enumerate(data.read_source("rrs_harmful"))]))
+    served["rrs_harmful"] = dataclasses.replace(served["rrs_harmful"], url=edited.as_uri())
+    with pytest.raises(SystemExit, match="rrs.data: error: downloaded .*edited.json does not match"):
+        data.main(["download", str(tmp_path / "again")])
+    assert not (tmp_path / "again" / data.SOURCES["rrs_harmful"].path).exists()
+    served["rrs_harmful"] = dataclasses.replace(served["rrs_harmful"], url=(tmp_path / "nowhere.json").as_uri())
+    with pytest.raises(SystemExit, match="rrs.data: error: .*nowhere.json"):
+        data.main(["download", str(tmp_path / "again")])
+
+
+@pytest.mark.parametrize("body,match", [
+    (b'{"prompt": "How?"}', r"rrs_paper/harmful\.json: expected a JSON list of objects"),
+    (b"[]", r"rrs_paper/harmful\.json holds no records"),
+    (b'[{"prompt": "How?"', r"rrs_paper/harmful\.json is malformed"),
+])
+def test_a_source_file_of_the_wrong_shape_is_named(body, match):
+    with pytest.raises(data.DataError, match=match):
+        data.parse_records("rrs_harmful", body)
+
+
 def test_split_is_deterministic_and_seeded():
     a = data.load_questions(seed=0)
     b = data.load_questions(seed=0)
@@ -68,22 +101,41 @@ def test_rewrite_cleaning_is_reproducible(questions):
 def test_dataset_structures(questions):
     mirror = data.dataset_structure(questions, "mirror")
     basic = data.dataset_structure(questions, "basic", seed=0)
+    half = data.dataset_structure(questions, "mirror_half", seed=0)
     parallel = data.dataset_structure(questions, "parallel")
     assert set(mirror.modality) == {"audio"} and set(parallel.modality) == {"audio", "text"}
     assert len(parallel) == 2 * len(mirror)
-    # basic: same questions as mirror, but no harmful question paired with its own twin
-    assert sorted(basic.id) == sorted(mirror.id)
-    h = basic[basic.label == "harmful"].set_index("pair_id")["group"]
-    b = basic[basic.label == "benign"].set_index("pair_id")["group"]
-    common = h.index.intersection(b.index)
-    assert len(common) > 0 and not (h[common] == b[common]).any()
+    train = questions[questions.split == "train"]
+    assert sorted(mirror.id) == sorted(train.id)
+    # basic: the harmful questions of one half of the groups, the benign ones of the other, so no
+    # trained harmful question has its twin among the benign ones; the control keeps the twins
+    groups = lambda items, label: set(items.loc[items.label == label, "group"])  # noqa: E731
+    assert groups(basic, "harmful") and groups(basic, "benign")
+    assert not groups(basic, "harmful") & groups(basic, "benign")
+    assert groups(basic, "harmful") | groups(basic, "benign") == set(train.group)
+    assert groups(half, "harmful") == groups(half, "benign") == groups(basic, "harmful")
+    assert sorted(half[half.label == "harmful"].id) == sorted(basic[basic.label == "harmful"].id)
+    n_groups = train.group.nunique()
+    assert len(groups(basic, "harmful")) == (n_groups + 1) // 2
+    # the halves follow the seed
+    other = data.dataset_structure(questions, "basic", seed=1)
+    assert groups(other, "harmful") != groups(basic, "harmful")
     with pytest.raises(ValueError, match="unknown dataset structure"):
         data.dataset_structure(questions, "zigzag")
 
 
 def test_missing_data_directory(monkeypatch, tmp_path):
+    import re
+
+    import rrs.paths
+
     monkeypatch.setenv("RRS_DATA_DIR", str(tmp_path / "nowhere"))
-    with pytest.raises(FileNotFoundError, match="RRS_DATA_DIR"):
+    with pytest.raises(FileNotFoundError, match=re.escape(f"RRS_DATA_DIR={str(tmp_path / 'nowhere')!r} is not a directory")):
+        data_dir()
+    # neither the variable nor ../shared/data: the message says how to get the files
+    monkeypatch.delenv("RRS_DATA_DIR")
+    monkeypatch.setattr(rrs.paths, "REPO_ROOT", tmp_path / "clone")
+    with pytest.raises(FileNotFoundError, match="No data directory.*python -m rrs.data download FOLDER"):
         data_dir()
 
 

@@ -133,6 +133,10 @@ def test_phrase_judge_missing_or_bad_list(tmp_path):
     bare.write_text("# name: x\n# version: 2\nI\nSorry\n")
     with pytest.raises(ValueError, match="bare 'I'"):
         ev.PhraseJudge(bare)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# name: x\n# version: 2\n\n")
+    with pytest.raises(ValueError, match="refusal-phrase list .*empty.txt holds no phrases"):
+        ev.PhraseJudge(empty)
     ok = tmp_path / "ok.txt"
     ok.write_text("# name: tiny\n# version: 7\nnope\n")
     judge = ev.PhraseJudge(ok)
@@ -292,6 +296,39 @@ def test_evaluate_resumes_matching_files_and_redoes_stale_ones(tmp_path):
     rows = _evaluate(lora, tmp_path, judge=other, model="safe-lora", fingerprint="safe-lora-ep1")
     assert len(lora.calls) == 4                                            # another model fingerprint
     assert all(r["refused"] for r in rows if r["label"] == "harmful")
+
+
+def test_a_run_without_generations_removes_those_an_earlier_run_stored(tmp_path):
+    stored = _evaluate(FakeAdapter(), tmp_path, store_generations=True)
+    assert all("response" in r for r in stored)
+    again = FakeAdapter()
+    rows = _evaluate(again, tmp_path)
+    assert again.calls == [] and all("response" not in r for r in rows)   # reused, not regenerated
+    assert "\"response\"" not in "".join(p.read_text() for p in tmp_path.iterdir())
+    assert rows == [{k: v for k, v in r.items() if k != "response"} for r in stored]
+
+
+def test_evaluate_judges_again_for_other_base_weights_or_system_prompt(tmp_path):
+    import torch
+
+    adapter = FakeAdapter()
+    adapter.model = torch.nn.Linear(2, 2)
+    torch.nn.init.zeros_(adapter.model.weight)
+    _evaluate(adapter, tmp_path)
+    same = FakeAdapter()
+    same.model = torch.nn.Linear(2, 2)
+    torch.nn.init.zeros_(same.model.weight)
+    same.model.bias.data = adapter.model.bias.data.clone()
+    _evaluate(same, tmp_path)
+    assert same.calls == []                              # the same weights: reused
+    rebuilt = FakeAdapter()
+    rebuilt.model = torch.nn.Linear(2, 2)                # e.g. a rebuilt mini model under the same id
+    _evaluate(rebuilt, tmp_path)
+    assert len(rebuilt.calls) == 4
+    prompted = FakeAdapter()
+    prompted.model, prompted.system_prompt = rebuilt.model, "You are a careful assistant."
+    _evaluate(prompted, tmp_path)
+    assert len(prompted.calls) == 4
 
 
 def test_evaluate_judges_again_what_changed_under_the_same_ids(tmp_path):
@@ -544,6 +581,9 @@ def test_cli_names_an_unclosed_quote(tmp_path, fake_stack, body, match):
     ("q.json", '[{"id": "a", "text": "How?", "label": "benign"}, {"text": "Why?", "label": "benign"}]',
      r"q\.json: questions \[2\] have no id"),
     ("q.csv", "id,text,label\na,How?,benign\n ,Why?,benign\n", r"q\.csv: questions \[2\] have no id"),
+    ("q.txt", "How do I bake bread?\n", r"q\.txt: unsupported file type; use \.csv, \.json or \.jsonl"),
+    ("q.json", '{"text": "How?", "label": "benign"}', r"q\.json: expected a JSON list of objects"),
+    ("q.json", '[{"text": "How?", "label": "benign"},', r"q\.json: Expecting value"),
 ])
 def test_cli_names_the_line_or_question_at_fault(tmp_path, fake_stack, name, body, match):
     (tmp_path / name).write_text(body)

@@ -154,8 +154,13 @@ def test_registry_and_errors(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="unknown model 'no/such-model'.*mini-lalm"):
         load_adapter("no/such-model")
     # a registered hub model whose weights are not cached: a clear error, no download
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    with pytest.raises(ModelNotAvailableError, match="snapshot_download.*HF_HUB_OFFLINE"):
+    # huggingface_hub reads HF_HUB_CACHE when it is imported, so the environment variable would
+    # come too late; transformers reads the constant at each call, whatever this machine caches
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ModelNotAvailableError,
+                       match="(?s)'Qwen/Qwen2-Audio-7B-Instruct' are not available.*snapshot_download.*HF_HUB_OFFLINE"):
         load_adapter("Qwen/Qwen2-Audio-7B-Instruct", local_files_only=True)
     # mini-lalm before it is built
     spec = REGISTRY["mini-lalm"]

@@ -45,7 +45,7 @@ EXTRA = {"04_rrs_training": {"check_bars": False}}
 # the paper profile's learning rate decays over the run, so notebook 06's run of twice the epochs is a
 # run of its own: all its epochs are judged (rrs_epoch1 is not Table 1's 1-epoch `rrs`)
 METHODS = {"vanilla", "sft_refusal", "sft_mixed", "rrs", "rrs_top12.5", "rrs_top25", "rrs_top50", "rrs_basic",
-           "rrs_parallel", *(f"rrs_epoch{e}" for e in range(1, 2 * COMMON["epochs"] + 1))}
+           "rrs_parallel", "rrs_mirror_half", *(f"rrs_epoch{e}" for e in range(1, 2 * COMMON["epochs"] + 1))}
 
 
 def _save_tiny(arch: str, folder: Path) -> Path:
@@ -137,15 +137,18 @@ def test_paper_profile_notebooks(arch, paper_env):
     questions = pd.read_csv(paper_env / "cache" / "data" / "paper-seed0.csv")
     assert (questions.groupby("test_set").group.nunique() == COMMON["n_test"]).all()  # every test set capped
     counts = questions.groupby(["test_set", "label"]).size()
-    for metric, label in (("asr", "harmful"), ("over_rejection", "benign"), ("capability", "benign")):
+    for metric, label in (("asr", "harmful"), ("over_rejection", "benign")):
         rows = long[long.metric == metric]
         assert len(rows) and (rows.n == [counts[t, label] for t in rows.test_set]).all(), metric
+    # the mini template's capability score is not applied to these models (no Table 2)
+    assert "capability" not in set(long.metric)
     # every notebook that wrote rows is on record, with the dtype and the caps it ran with
     sources = json.loads((out / "tables" / "results_long.provenance.json").read_text())["sources"]
     assert set(sources) == {"05_main_results", "06_ablations", "07_capability"}
     assert {(r["profile"], r["model"], r["run"]["dtype"], r["run"]["max_test_pairs"]) for r in sources.values()} == {
         ("paper", str(model), COMMON["dtype"], COMMON["n_test"])}
-    for table in ("table1_main_results", "table2_capability", "table3_top_m", "table4_structures",
+    assert not (out / "tables" / "table2_capability.csv").exists()
+    for table in ("table1_main_results", "table3_top_m", "table4_structures",
                   "rrs_training_length", "ablation_answer_agreement"):
         for ext in ("csv", "md", "tex", "provenance.json"):
             assert (out / "tables" / f"{table}.{ext}").is_file(), (table, ext)
@@ -153,3 +156,5 @@ def test_paper_profile_notebooks(arch, paper_env):
         assert (out / "figures" / f"{figure}.png").is_file() and (out / "figures" / f"{figure}.pdf").is_file()
     summary = json.loads((out / "results" / "paper" / "summary.json").read_text())
     assert summary["provenance"]["profile"] == "paper" and summary["provenance"]["model"] == str(model)
+    assert summary["headline"]["RRS_capability_change_vs_vanilla"].startswith("not measured")
+    assert "table2_capability" not in summary["tables"]

@@ -94,6 +94,15 @@ def test_run_all_with_another_model_writes_under_runs(monkeypatch, tmp_path):
                               "--trust-remote-code"]) == 0
         assert (seen["revision"], seen["trust_remote_code"]) == ("a" * 40, True) and "device" not in seen
         assert json.loads(stamp.read_text())["fingerprint"] != plain
+
+        # a kernel that dies leaves no half-run notebook and a failed run
+        def dead_kernel(src, out, parameters, **kw):
+            Path(out).write_text("{}")
+            raise RuntimeError("Kernel died before replying to kernel_info")
+
+        monkeypatch.setattr(pm, "execute_notebook", dead_kernel)
+        assert pipeline.run("mini", "07", force=True, seed=0, model="build") == 1
+        assert not list((root / "notebooks").glob(".*.running.ipynb"))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -196,7 +205,8 @@ def test_notebook_setup_and_parameters(nb_path):
     url = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
     cells = _cells(nb_path)
     setup = "".join(cells[0]["source"])
-    assert "google.colab" in setup and f"git+{url}" in setup
+    assert "google.colab" in setup and f"git clone -q {url} /content/rrs" in setup
+    assert "pip install -q -e /content/rrs" in setup and "python -m rrs.data download" in setup
     params = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(params) == 1
     source = "".join(params[0]["source"])
@@ -408,6 +418,7 @@ def test_docs_seed_table_quotes_the_committed_tables_for_seed_0():
     long = pd.read_csv(REPO_ROOT / "tables" / "results_long.csv")
     results = long[(long.model == "mini-lalm") & (long.test_set == "paper_test")].set_index(["method", "mode", "metric"])
     value, n = results.value, results.n
+    tradeoff = pd.read_csv(REPO_ROOT / "tables" / "rrs_training_tradeoff.csv").set_index("epoch")
 
     def increase(method):  # the paper's headline quantity, as notebook 05 computes it
         return over_rejection_increase(long, method, "vanilla", test_set="paper_test", model="mini-lalm")
@@ -418,6 +429,8 @@ def test_docs_seed_table_quotes_the_committed_tables_for_seed_0():
             f"{100 - value[('vanilla', 'text-only', 'asr')]:.1f} / {100 - value[('vanilla', 'text-only', 'over_rejection')]:.1f}%",
         "spoken harmful refused (audio-text / audio-only)":
             f"{100 - value[('vanilla', 'audio-text', 'asr')]:.1f} / {100 - value[('vanilla', 'audio-only', 'asr')]:.1f}%",
+        "... of the harmful / benign training questions": "{:.3f} -> {:.3f} / {:.3f} -> {:.3f}".format(
+            *(tradeoff.loc[epoch, column] for column in ("... harmful", "... benign") for epoch in (0, 3))),
         "RRS: spoken ASR change (audio-text / audio-only)": " / ".join(
             f"{value[('rrs', m, 'asr')] - value[('vanilla', m, 'asr')]:.1f}" for m in ("audio-text", "audio-only")),
         "RRS: text-only ASR": f"{value[('vanilla', 'text-only', 'asr')]:.1f} -> {value[('rrs', 'text-only', 'asr')]:.1f}%",
@@ -426,3 +439,55 @@ def test_docs_seed_table_quotes_the_committed_tables_for_seed_0():
     }
     for row, said in expected.items():
         assert rows.get(row) == said, f"docs/mini_model.md section 8, {row!r}: says {rows.get(row)!r}, tables give {said!r}"
+
+
+@pytest.mark.parametrize("folder", ["tables", "figures"])
+def test_committed_outputs_match_their_provenance_records(folder):
+    """Every committed table and figure file is the one its run wrote: a hand edit (or a file
+    copied from another run without its record) shows as a hash mismatch."""
+    from rrs.io import sha256_file
+
+    records = sorted((REPO_ROOT / folder).glob("*.provenance.json"))
+    assert records, f"no provenance records under {folder}/"
+    listed = set()
+    for record in records:
+        files = json.loads(record.read_text())["files"]
+        assert files, f"{record.name} lists no files"
+        for name, digest in files.items():
+            assert sha256_file(REPO_ROOT / folder / name) == digest, f"{folder}/{name} differs from {record.name}"
+        listed |= set(files)
+    outputs = {p.name for p in (REPO_ROOT / folder).iterdir() if not p.name.endswith(".provenance.json")}
+    assert outputs <= listed, f"files without a provenance record: {sorted(outputs - listed)}"
+
+
+# the row labels of notebook 06's tables, written out again here as an independent check
+ABLATION_ROWS = {"vanilla (reference)": "vanilla", "c > 0 (RRS)": "rrs", "Top 12.5%": "rrs_top12.5",
+                 "Top 25%": "rrs_top25", "Top 50%": "rrs_top50", "Basic": "rrs_basic",
+                 "Mirror, half (control)": "rrs_mirror_half", "Mirror (RRS)": "rrs", "Parallel": "rrs_parallel"}
+
+
+@pytest.mark.parametrize("table", ["table1_main_results", "table2_capability", "table3_top_m", "table4_structures"])
+def test_committed_tables_show_the_numbers_of_results_long(table):
+    """Each cell "value [ci_low, ci_high]" of Tables 1-4, and the n in its column name, is the
+    row of results_long.csv for that method, mode, test set and metric, rounded to 0.1."""
+    import re
+
+    import pandas as pd
+
+    long = pd.read_csv(REPO_ROOT / "tables" / "results_long.csv")
+    long = long[long.model == "mini-lalm"].set_index(["method", "mode", "test_set", "metric"])
+    shown = pd.read_csv(REPO_ROOT / "tables" / f"{table}.csv")
+    metrics = {"ASR": "asr", "Over-rej.": "over_rejection", "Capability": "capability"}
+    checked = 0
+    for _, row in shown.iterrows():
+        label = row.iloc[0]
+        method = label if table in ("table1_main_results", "table2_capability") else ABLATION_ROWS[label]
+        for column in shown.columns[2:]:
+            test_set, metric, n = re.fullmatch(r"(\S+) (ASR|Over-rej\.|Capability) \(n=(\d+)\)", column).groups()
+            want = long.loc[(method, row["mode"], test_set, metrics[metric])]
+            value, low, high = map(float, re.fullmatch(r"(\S+) \[(\S+), (\S+)\]", row[column]).groups())
+            assert [value, low, high] == pytest.approx([want.value, want.ci_low, want.ci_high], abs=0.051), \
+                f"{table}: {label} / {row['mode']} / {column}"
+            assert int(n) == want.n
+            checked += 1
+    assert checked >= len(shown)

@@ -12,8 +12,7 @@ from rrs import stages
 from rrs.audio import save_audio
 from rrs.profiles import TrainConfig, get_profile
 
-FAST = TrainConfig(lora_r=2, lora_alpha=4, lora_dropout=0.0, epochs=1, lr=1e-3, batch_size=8, grad_accum=1,
-                   dtype="float32")
+FAST = TrainConfig(lora_r=2, lora_alpha=4, lora_dropout=0.0, epochs=1, lr=1e-3, batch_size=8, grad_accum=1)
 
 
 @pytest.fixture
@@ -66,6 +65,23 @@ def test_safety_features_are_cached_and_keyed_by_top_m(adapter, questions, P, mo
     # only the training split goes into Δ: the test pair changes nothing
     other = questions.assign(text=[t + "!" if s == "test" else t for t, s in zip(questions.text, questions.split)])
     assert stages.features_path(adapter, other) == stages.features_path(adapter, questions)
+
+
+def test_basic_takes_its_direction_from_its_own_questions(adapter, questions, P, monkeypatch):
+    import rrs.representations as R
+
+    seen = []
+    original = R.safety_features
+    monkeypatch.setattr(R, "safety_features", lambda adapter, items, **kw: seen.append(set(items.id)) or
+                        original(adapter, items, **kw))
+    stages.safety_features(adapter, questions, P, 0, progress=False)
+    basic = stages.safety_features(adapter, questions, P, 0, structure="basic", progress=False)
+    # Parallel adds only written copies of Mirror's questions: the same Δ, one cache file
+    assert stages.features_path(adapter, questions, structure="parallel") == stages.features_path(adapter, questions)
+    assert stages.features_path(adapter, questions, structure="basic") != stages.features_path(adapter, questions)
+    items = stages.training_items(questions, "basic", 0)
+    assert seen == [set(stages.train_questions(questions).id), set(items.id)]
+    assert basic.direction_hash != stages.safety_features(adapter, questions, P, 0, progress=False).direction_hash
 
 
 def test_rrs_checkpoint_is_trained_once(adapter, questions, P, monkeypatch):
@@ -145,6 +161,28 @@ def test_interrupted_run_is_resumed(adapter, questions, P, monkeypatch):
     assert calls[0]["resume"] is True
 
 
+def test_a_run_cut_after_its_last_epoch_folder_keeps_that_epochs_log(adapter, questions, P, monkeypatch):
+    import rrs.training as T
+
+    save = T._save_epoch
+
+    def save_then_die(*args, **kwargs):  # the process ends between the epoch folder and the state
+        save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "_save_epoch", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        stages.rrs_checkpoint(adapter, questions, P, 0, progress=False)
+    monkeypatch.setattr(T, "_save_epoch", save)
+    done = stages.rrs_checkpoint(adapter, questions, P, 0, progress=False)  # complete: reused as it is
+    assert [r["epoch"] for r in stages.epoch_mse(done)] == [0, 1]
+    assert {r["epoch"] for r in stages.training_log(done)} == {1}
+    # a damaged record is named, not a bare JSONDecodeError
+    (done.parent / "epoch_mse.json").write_text('[{"epoch": 0, ')
+    with pytest.raises(ValueError, match="epoch_mse.json: unreadable training record .*delete its run folder"):
+        stages.epoch_mse(done)
+
+
 def test_sft_checkpoints(adapter, questions, P, monkeypatch):
     import rrs.training as T
 
@@ -170,14 +208,15 @@ def test_method_names_map_to_checkpoints(adapter, questions, P, monkeypatch):
     monkeypatch.setattr(stages, "sft_checkpoint", lambda *a, **kw: seen.append(("sft", kw["kind"])))
     assert stages.method_checkpoint(adapter, questions, P, 0, "vanilla") is None
     for method in ["rrs", "sft_refusal", "sft_mixed", "rrs_top12.5", "rrs_top25", "rrs_top50", "rrs_basic",
-                   "rrs_parallel"]:
+                   "rrs_parallel", "rrs_mirror_half"]:
         stages.method_checkpoint(adapter, questions, P, 0, method)
     # only the main run records the per-epoch training-set MSE (notebooks 04 and 06 show it)
     assert seen == [("rrs", None, "mirror", True), ("sft", "refusal"), ("sft", "mixed"),
                     ("rrs", 12.5, "mirror", False), ("rrs", 25.0, "mirror", False), ("rrs", 50.0, "mirror", False),
-                    ("rrs", None, "basic", False), ("rrs", None, "parallel", False)]
+                    ("rrs", None, "basic", False), ("rrs", None, "parallel", False),
+                    ("rrs", None, "mirror_half", False)]
     assert set(stages.METHODS) == {"vanilla", "rrs", "sft_refusal", "sft_mixed", "rrs_top12.5", "rrs_top25",
-                                   "rrs_top50", "rrs_basic", "rrs_parallel"}
+                                   "rrs_top50", "rrs_basic", "rrs_parallel", "rrs_mirror_half"}
 
 
 def test_unknown_method_is_a_clear_error(adapter, questions, P):

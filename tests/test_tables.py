@@ -177,10 +177,17 @@ def test_capability_top_m_and_structure_tables():
     cap = cap[cap.metric == "asr"].assign(metric="capability")
     t2 = tables.pivot_capability_table(cap, ci=None)
     assert list(t2.columns) == ["method", "mode", "paper_test Capability"] and len(t2) == 6
-    df = pd.concat([long_df(methods=("rrs",)).assign(method=m) for m in ("rrs-top12.5", "rrs-top50", "rrs")])
-    t3 = tables.pivot_top_m_table(df, {"12.5%": "rrs-top12.5", "50%": "rrs-top50", "c>0": "rrs"})
+    # each method its own numbers (value + 10 x its rank), so a label on another method's rows shows
+    df = pd.concat([long_df(methods=("rrs",)).assign(method=m, value=lambda d, k=k: d.value + 10 * k)
+                    for k, m in enumerate(("rrs-top12.5", "rrs-top50", "rrs"))])
+    t3 = tables.pivot_top_m_table(df, {"12.5%": "rrs-top12.5", "50%": "rrs-top50", "c>0": "rrs"}, ci=None)
     assert list(t3.columns[:2]) == ["top_m", "mode"]
     assert list(t3.top_m.unique()) == ["12.5%", "50%", "c>0"]
+    base = long_df(methods=("rrs",)).set_index(["mode", "metric"]).value
+    for k, label in enumerate(("12.5%", "50%", "c>0")):
+        rows = t3[t3.top_m == label].set_index("mode")
+        assert rows["paper_test ASR"].to_dict() == pytest.approx(
+            {mode: base[(mode, "asr")] + 10 * k for mode in rows.index}), label
     t4 = tables.pivot_structure_table(df.replace({"rrs-top12.5": "rrs-basic"}),
                                       {"Basic": "rrs-basic", "Mirror": "rrs"})
     assert list(t4.structure.unique()) == ["Basic", "Mirror"]

@@ -17,8 +17,7 @@ from rrs.training import (REFUSAL_TEMPLATES, CheckpointMismatchError, attach_lor
                           refusal_sft_data, rrs_loss, sft_loss, train_rrs, train_sft, training_examples)
 
 # Full-batch steps on the 8 tiny items: the loss curve is deterministic, not batch noise.
-FAST = TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.0, epochs=2, lr=1e-3, batch_size=8, grad_accum=1,
-                   dtype="float32")
+FAST = TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.0, epochs=2, lr=1e-3, batch_size=8, grad_accum=1)
 
 
 @pytest.fixture(autouse=True)
@@ -168,8 +167,7 @@ def interrupted_then_resumed(adapter, items, feats, cfg, out_dir):
 
 
 def test_resume_after_interruption_gives_the_same_weights(tiny_items, tmp_path, tmp_rrs_cache):
-    cfg = TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.1, epochs=2, lr=1e-2, batch_size=3, grad_accum=2,
-                      dtype="float32")
+    cfg = TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.1, epochs=2, lr=1e-2, batch_size=3, grad_accum=2)
     a = fresh_tiny_qwen2_audio()
     feats = features_for(a, tiny_items)
     full = lora_weights(train_rrs(a, tiny_items, feats, cfg, tmp_path / "full", seed=1, progress=False).peft_model)
@@ -216,7 +214,7 @@ def test_batch_prompts_are_drawn_as_the_authors_collator_draws_them():
 def test_paper_settings_resume_exactly_and_bind_the_run_length(tiny_items, tmp_path, tmp_rrs_cache, prompt_sampling):
     """The paper profile's loop: a learning rate decaying to 0 and, per_batch, prompts drawn anew for every batch."""
     cfg = TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.1, epochs=2, lr=1e-2, batch_size=3, grad_accum=2,
-                      dtype="float32", lr_schedule="linear", prompt_sampling=prompt_sampling)
+                      lr_schedule="linear", prompt_sampling=prompt_sampling)
     a = fresh_tiny_qwen2_audio()
     feats = features_for(a, tiny_items)
     full = train_rrs(a, tiny_items, feats, cfg, tmp_path / "full", seed=1, progress=False)
@@ -243,8 +241,7 @@ def test_skipping_the_mse_record_leaves_the_training_unchanged(tiny_items, tmp_p
     from rrs.models.qwen2_audio import Qwen2AudioAdapter, random_tiny_qwen2_audio
 
     # dropout on, so that a stray random draw in the record would show in the weights
-    cfg = TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.1, epochs=2, lr=1e-2, batch_size=3, grad_accum=1,
-                      dtype="float32")
+    cfg = TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.1, epochs=2, lr=1e-2, batch_size=3, grad_accum=1)
     runs = {}
     for record in (True, False):
         adapter = Qwen2AudioAdapter(*random_tiny_qwen2_audio(seed=0), model_id="tiny-qwen2-audio")
@@ -354,7 +351,7 @@ def test_half_precision_models_train_as_in_float32(dtype, tiny_items, tmp_path):
     losses over the whole training set fall as they do in float32."""
     from rrs.models.qwen2_audio import Qwen2AudioAdapter, random_tiny_qwen2_audio
 
-    cfg = replace(FAST, epochs=3, dtype=dtype)
+    cfg = replace(FAST, epochs=3)
     runs = {}
     for name in ("float32", dtype):
         model, processor = random_tiny_qwen2_audio(seed=0)
@@ -422,3 +419,18 @@ def test_decoder_inputs_are_read_once_per_set_of_examples(tiny_qwen2_audio_adapt
     assert len(calls) == 5 and other is not first
     for a, b in zip(first, other):
         torch.testing.assert_close(a["inputs_embeds"], b["inputs_embeds"], atol=1e-5, rtol=1e-4)
+
+
+def test_damaged_or_one_sided_inputs_are_named(tiny_items, tmp_path, tmp_rrs_cache):
+    a = fresh_tiny_qwen2_audio()
+    feats = features_for(a, tiny_items)
+    with pytest.raises(ValueError, match="RRS needs harmful and benign training items; none is harmful"):
+        train_rrs(a, tiny_items[tiny_items.label == "benign"], feats, FAST, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    # a file that is not a safety-features record
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    with pytest.raises(ValueError, match="foreign.pt is not a safety-features file"):
+        SafetyFeatures.load(foreign)
+    feats.save(tmp_path / "ok.pt")
+    assert SafetyFeatures.load(tmp_path / "ok.pt", model_id=a.model_id).direction_hash == feats.direction_hash

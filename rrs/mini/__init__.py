@@ -72,7 +72,10 @@ def check_split_seed(path: str | Path | None, seed: int) -> None:
     """Raise MiniModelError when the build at `path` was made for another split seed than
     `seed`: its training corpus then excludes another seed's test split, not this one's."""
     folder = Path(path) if path is not None else MODEL_DIR
-    built_for = verify_mini(folder, check_hashes=False)["config"]["split_seed"]
+    built_for = verify_mini(folder, check_hashes=False).get("config", {}).get("split_seed")
+    if built_for is None:
+        raise MiniModelError(f"the build record of {folder} names no split seed (a build older than the split "
+                             "seeds): rebuild it with `python -m rrs.mini.build --out DIR`")
     if built_for != seed:
         raise MiniModelError(f"the mini-LALM at {folder} was built for split seed {built_for}, not seed={seed}, "
                              "so its training corpus may hold this seed's test questions; build one for it "

@@ -138,20 +138,21 @@ def echo_table(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_behaviour_table(table: pd.DataFrame, profile, *, model: str, seed: int) -> Path:
-    """tables/mini_lalm_behaviour.csv under the profile's output root (RRS_OUTPUT_ROOT
-    honoured), atomically, with its provenance record beside it."""
+    """tables/mini_lalm_behaviour.csv (and .md, .tex) under the profile's output root
+    (RRS_OUTPUT_ROOT honoured), atomically, with its provenance record beside it."""
     from ..data import data_checksum
+    from ..evaluation import PhraseJudge
+    from ..tables import save_table
 
     if list(table.columns) != TABLE_COLUMNS:
         raise ValueError(f"behaviour table columns {list(table.columns)} != {TABLE_COLUMNS}")
-    path = profile.tables_dir / TABLE_NAME
     out = table.copy()
     out["refusal_instruction"] = out["refusal_instruction"].map(lambda b: "true" if b else "false")
-    rio.write_with_provenance({path: out.to_csv(index=False)},
-                              rio.provenance(profile.name, model, seed, data_checksum(),
-                                             table="mini LALM behaviour on the paper test split",
-                                             judge="PhraseJudge refusal_phrases_v1"), beside=path)
-    return path
+    judge = PhraseJudge()
+    record = rio.provenance(profile.name, model, seed, data_checksum(), notebook="00_mini_lalm",
+                            judge=f"{judge.name} v{judge.version}", test_set="paper_test",
+                            description="the vanilla mini model's refusal rates on the paper test split")
+    return save_table(out, Path(TABLE_NAME).stem, profile.tables_dir, record, float_format="%.2f")["csv"]
 
 
 def safe_examples(rows: pd.DataFrame, n: int = 3, harmful_tokens: int = 4) -> pd.DataFrame:
