@@ -376,6 +376,11 @@ def test_readme_current_state_quotes_the_committed_tables():
         claims.append(shown.format(increase(method)))
     claims.append("On AdvBench RRS lowers spoken ASR from {:.0f} to {:.0f}% and from {:.0f} to {:.0f}%".format(
         *(rate(method, mode, "asr", "advbench") for mode in ("audio-text", "audio-only") for method in ("vanilla", "rrs"))))
+    spoken = ("audio-text", "audio-only")
+    claims.append("Spoken ASR: Basic {:.1f} / {:.1f}%, Mirror half {:.1f} / {:.1f}%, Mirror {:.1f} / {:.1f}%".format(
+        *(rate(m, mode, "asr") for m in ("rrs_basic", "rrs_mirror_half", "rrs") for mode in spoken)))
+    claims.append("over-rejection {:+.1f}, {:+.1f} and {:+.1f} on average".format(
+        *(increase(m) for m in ("rrs_basic", "rrs_mirror_half", "rrs"))))
     for claim in claims:
         assert claim in state, f"README 'Current state' does not say (or no longer says) {claim!r}"
     # p("I") of harmful test questions: the table keeps 4 decimals, the README 3 (0.2375 may read 0.238)
