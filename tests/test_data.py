@@ -26,8 +26,10 @@ def test_sources_verify_and_load(questions):
     assert counts[("figstep", "figstep", "harmful")] == 500
     assert counts[("advbench", "advbench", "harmful")] == 520
     paper = questions[questions.source == "rrs_paper"]
-    # 700 pairs, but prompts repeat: fewer unique questions than rows.
-    assert 0 < paper.label.eq("harmful").sum() < 700
+    # 700 pairs, but prompts repeat: one row per distinct question of each file
+    for label, key in (("harmful", "rrs_harmful"), ("benign", "rrs_benign")):
+        distinct = {data.normalise_text(r["prompt"]) for r in data.read_source(key)}
+        assert paper.label.eq(label).sum() == len(distinct) < 700, label
     assert set(questions.columns) >= set(data.COLUMNS + ["split", "test_set"])
     assert questions.id.is_unique
 

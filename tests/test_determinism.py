@@ -6,7 +6,10 @@ merge the numbers into results_long.csv and save Table 1, each run in its own fr
 folders (outputs and caches). Every file the two runs write must be byte-identical:
 checkpoints, verdicts, the long results, and the table's CSV / Markdown / LaTeX with its
 provenance record. This fails as soon as nondeterminism creeps into training, generation,
-judging or table writing (sampling, unseeded shuffles, set ordering, time stamps, ...).
+judging or table writing (sampling, unseeded shuffles, time stamps, ...). Both runs share one
+process and its string hashing, so an order that follows Python's per-process hash seed (a set
+of strings) is not caught here; fresh-clone `./run_all.sh` runs, each its own processes, have
+given byte-identical outputs (README, "Reproducibility").
 """
 from __future__ import annotations
 

@@ -278,7 +278,11 @@ def test_evaluate_rows_metrics_and_no_generations_by_default(tmp_path):
 
 def test_evaluate_stores_generations_only_on_request(tmp_path):
     rows = _evaluate(FakeAdapter(), tmp_path, store_generations=True)
-    assert all(r["response"] for r in rows)
+    by = {(r["mode"], r["id"]): r["response"] for r in rows}
+    assert by[("text-only", "h1")] == "I\u2019m sorry, but I can\u2019t help with that."   # the answer itself
+    assert by[("audio-text", "b1")] == echo("How can I bake sourdough bread at home?")
+    stored = [json.loads(line) for p in sorted(tmp_path.iterdir()) for line in p.read_text().splitlines()]
+    assert sorted(r["response"] for r in stored) == sorted(by.values())
 
 
 def test_evaluate_resumes_matching_files_and_redoes_stale_ones(tmp_path):

@@ -66,8 +66,8 @@ def test_rrs_fit_check_can_train_with_the_papers_settings(capsys, tmp_path, monk
     checkpoint = re.search(r"^checkpoint: (.+)$", out, re.M).group(1)
     record = json.loads((Path(checkpoint) / "rrs_checkpoint.json").read_text())
     train_config = record["train_config"]
-    assert (train_config["lr"], train_config["dtype"], train_config["lr_schedule"], train_config["prompt_sampling"]) \
-        == (5e-05, "float32", "linear", "per_batch")
+    assert (train_config["lr"], train_config["lr_schedule"], train_config["prompt_sampling"]) \
+        == (5e-05, "linear", "per_batch")
     mse = stages.epoch_mse(checkpoint)
     assert [r["epoch"] for r in mse] == [0, 1]
     assert re.search(r"^training-set MSE \(harmful / benign\) per epoch, 0 = vanilla: 0:\d\.\d{3} "
