@@ -344,7 +344,8 @@ def dataset_structure(train: pd.DataFrame, structure: str, *, seed: int = 0) -> 
         harmful = harmful[harmful["group"].isin(half_a)]
         benign = benign[benign["group"].isin(half_b if structure == "basic" else half_a)]
         if harmful.empty or benign.empty:
-            raise ValueError(f"{structure}: too few training groups to split in two halves ({len(half_a)} + {len(half_b)})")
+            raise ValueError(f"{structure}: too few training groups to split in two halves "
+                             f"({len(half_a)} + {len(half_b)})")
     if structure == "basic":
         harmful = harmful.assign(pair_id=[f"basic-{i:03d}" for i in range(len(harmful))])
         benign = benign.assign(pair_id=[f"basic-{i:03d}" for i in range(len(benign))])

@@ -595,9 +595,9 @@ def evaluate_method(adapter, questions: pd.DataFrame, P, seed: int, method: str,
     the questions, the judge and the model fingerprint (base weights, fine-tuned weights,
     generation settings); rows carry `model_name` (default adapter.model_id) as `model`.
     Benign answers are scored with `capability_score` on the mini model only (its template);
-    other models' rows have `capable` None. Everything that can be checked cheaply is checked before a model runs. `stats`, when
-    given, is filled with how many (question, mode) verdicts were generated / reused and
-    the seconds spent generating.
+    other models' rows have `capable` None. Everything that can be checked cheaply is
+    checked before a model runs. `stats`, when given, is filled with how many (question,
+    mode) verdicts were generated / reused and the seconds spent generating.
     """
     from .models.base import weights_fingerprint
     from .training import detach_lora, load_trained
@@ -638,7 +638,8 @@ def evaluate_method(adapter, questions: pd.DataFrame, P, seed: int, method: str,
             g = df[df["test_set"] == test_set]
             for mode in modes:
                 fp = model_fingerprint(adapter, model, base_weights=base_weights, mode=mode,
-                                       **_prompts(adapter, mode, None), capability=getattr(capability, "__name__", None),
+                                       **_prompts(adapter, mode, None),
+                                       capability=getattr(capability, "__name__", None),
                                        max_new_tokens=P.max_new_tokens, batch_size=P.eval_batch_size,
                                        questions=questions_digest(g, audio=mode != "text-only"))
                 path = verdicts_path(out_dir, method, mode, test_set)

@@ -17,8 +17,8 @@ Every epoch ends with a peft checkpoint in out_dir/epoch_N (written to a tempora
 then renamed) and out_dir/training_state.pt (optimiser, RNG states, loss log), so
 `resume=True` continues after the last complete epoch and ends with the same weights as
 an uninterrupted run (on the CPU; a GPU's nondeterministic kernels, e.g. in attention's
-backward pass, can make the last bits differ). Checkpoints record the model, its weights fingerprint and the
-safety mask, and refuse to load or resume for another model or mask.
+backward pass, can make the last bits differ). Checkpoints record the model, its weights
+fingerprint and the safety mask, and refuse to load or resume for another model or mask.
 """
 from __future__ import annotations
 

@@ -132,7 +132,8 @@ def test_missing_data_directory(monkeypatch, tmp_path):
     import rrs.paths
 
     monkeypatch.setenv("RRS_DATA_DIR", str(tmp_path / "nowhere"))
-    with pytest.raises(FileNotFoundError, match=re.escape(f"RRS_DATA_DIR={str(tmp_path / 'nowhere')!r} is not a directory")):
+    nowhere = str(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match=re.escape(f"RRS_DATA_DIR={nowhere!r} is not a directory")):
         data_dir()
     # neither the variable nor ../shared/data: the message says how to get the files
     monkeypatch.delenv("RRS_DATA_DIR")
