@@ -599,7 +599,6 @@ def evaluate_method(adapter, questions: pd.DataFrame, P, seed: int, method: str,
     checked before a model runs. `stats`, when given, is filled with how many (question,
     mode) verdicts were generated / reused and the seconds spent generating.
     """
-    from .models.base import weights_fingerprint
     from .training import detach_lora, load_trained
 
     modes = [check_mode(m) for m in modes]
@@ -621,7 +620,7 @@ def evaluate_method(adapter, questions: pd.DataFrame, P, seed: int, method: str,
     out_dir = Path(out_dir) if out_dir is not None else Path(P.results_dir) / "verdicts" / _safe(model_name)
 
     detach_lora(adapter)
-    base_weights = weights_fingerprint(adapter.model)
+    base_weights = _weights_fingerprint(adapter.model)
     # the mini template's capability score means nothing for other models: left empty there
     capability = capability_score if answers_with_the_mini_template(adapter) else None
     model = None if checkpoint is None else load_trained(adapter, checkpoint)

@@ -229,11 +229,9 @@ def refusal_token_probs(adapter, h: torch.Tensor, model=None) -> torch.Tensor:
 # ----------------------------------------------------------------------------- safety features
 
 def feature_questions(questions: pd.DataFrame, structure: str = "mirror", seed: int = 0) -> pd.DataFrame:
-    """The questions Δ is taken from: the training split for Mirror and Parallel (Parallel's
-    written copies add no new question), the structure's own questions for Basic and its
-    control, whose benign questions differ from Mirror's."""
-    if structure in ("mirror", "parallel"):
-        return train_questions(questions)
+    """The questions Δ is taken from: the spoken training items of `structure` (Parallel's
+    written copies add no new question, so it shares Mirror's; Basic and its control have
+    other benign questions than Mirror)."""
     items = training_items(questions, structure, seed)
     return items[items["modality"] == "audio"].drop(columns="modality").reset_index(drop=True)
 
@@ -277,19 +275,13 @@ def _complete(epoch_dir: Path) -> bool:
             and (epoch_dir / "rrs_checkpoint.json").is_file())
 
 
-def _read_json(path: Path, what: str):
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:  # ValueError: bad JSON or text
-        raise ValueError(f"{path}: unreadable {what} ({type(e).__name__}: {e}); delete its run folder "
-                         f"{Path(path).parent} to train it again") from e
-
-
 def _epoch_of(checkpoint: Path) -> int:
-    record = _read_json(Path(checkpoint) / "rrs_checkpoint.json", "checkpoint record")
-    if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
-        raise ValueError(f"{checkpoint}/rrs_checkpoint.json names no epoch")
-    return record["epoch"]
+    from .training import CHECKPOINT_META, read_checkpoint_meta
+
+    epoch = read_checkpoint_meta(checkpoint).get("epoch")  # its errors name the record
+    if not isinstance(epoch, int):
+        raise ValueError(f"{checkpoint}/{CHECKPOINT_META} names no epoch")
+    return epoch
 
 
 def epoch_checkpoints(checkpoint: str | Path) -> dict[int, Path]:
@@ -312,7 +304,11 @@ def _run_rows(checkpoint: str | Path, name: str) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: {checkpoint.parent} is not a training run of this rrs version")
     epoch = _epoch_of(checkpoint)
-    rows = _read_json(path, "training record")
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:  # bad JSON or text
+        raise ValueError(f"{path}: unreadable training record ({type(e).__name__}: {e}); delete its run "
+                         f"folder {path.parent} to train it again") from e
     if not isinstance(rows, list) or not all(isinstance(r, dict) and "epoch" in r for r in rows):
         raise ValueError(f"{path}: expected a list of rows with an epoch each")
     return [row for row in rows if row["epoch"] <= epoch]
