@@ -6,9 +6,10 @@ hash of (text, voice, rate, engine), so re-runs are instant. The paper does not 
 TTS engine (unknown); eSpeak NG is OUR choice because it runs offline in milliseconds.
 
 Audio given by a user goes through `load_audio`: stereo is averaged to mono and other
-sample rates are resampled to 16 kHz (both said in a warning); empty, non-finite,
-unreadable or over-long audio is refused with an error naming the file. Nothing is ever
-truncated silently: Qwen2-Audio would cut at 30 s, so clips over the window are refused.
+sample rates are resampled to 16 kHz (both said in a warning); unreadable, empty,
+non-finite, too short, silent, out-of-range or over-long audio is refused with an error
+naming the file. Nothing is ever truncated silently: Qwen2-Audio would cut at 30 s, so
+clips over the window are refused.
 
 `speak` starts every clip from eSpeak NG's state right after initialisation (a helper
 process, `rrs.espeak`), so a clip's samples depend on (text, voice, rate) only, whatever
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import espeak, io as rio
 from .paths import cache_dir
@@ -39,7 +40,15 @@ ENGINE = "espeak-ng-seeded-fresh"
 
 
 class AudioError(ValueError):
-    """Audio that cannot be used: unreadable, empty, non-finite, wrong shape or too long."""
+    """Audio that cannot be used: unreadable, empty, non-finite, wrong shape, too short,
+    silent, out of range or too long."""
+
+
+# Limits of a usable clip, measured on the 1701 cached clips of the paper's questions
+# (0.72-8.4 s long, peaks 0.51-1.02), so no clip of the pipeline comes near them:
+MIN_SECONDS = 0.1  # shorter is a click, not a question (a one-sample WAV)
+MIN_PEAK = 1e-4    # below it a clip is silence (eSpeak NG gives zeros for "?!" or "...")
+MAX_PEAK = 1.5     # above it samples are not in [-1, 1]: e.g. int16 values not scaled
 
 
 # ----------------------------------------------------------------------------- resampling
@@ -93,8 +102,9 @@ def speak(text: str, voice: str = "en-us", rate: int = 170) -> np.ndarray:
 
 def validate(wav: np.ndarray, sr: int = SAMPLE_RATE, *, max_seconds: float | None = None,
              name: str = "audio") -> np.ndarray:
-    """Check a clip the models can take as it is: 1-D, 16 kHz, non-empty, finite, within
-    the window. Raises AudioError naming `name`; never truncates."""
+    """Check a clip the models can take as it is: 1-D, 16 kHz, finite, at least MIN_SECONDS
+    long, not silent, samples within +-MAX_PEAK, within the window. Raises AudioError
+    naming `name`; never truncates or rescales."""
     wav = np.asarray(wav)
     if wav.ndim != 1:
         raise AudioError(f"{name}: expected mono audio (1-D), got shape {wav.shape}")
@@ -104,6 +114,16 @@ def validate(wav: np.ndarray, sr: int = SAMPLE_RATE, *, max_seconds: float | Non
         raise AudioError(f"{name}: empty audio")
     if not np.isfinite(wav).all():
         raise AudioError(f"{name}: audio holds NaN or infinite samples")
+    if wav.size < MIN_SECONDS * sr:
+        raise AudioError(f"{name}: {wav.size} samples ({wav.size / sr:.3f} s) is shorter than "
+                         f"{MIN_SECONDS:g} s; too short to hold speech")
+    peak = float(np.abs(wav).max())
+    if peak > MAX_PEAK:
+        raise AudioError(f"{name}: samples reach {peak:g}, outside [-{MAX_PEAK:g}, {MAX_PEAK:g}]; "
+                         "give float samples in [-1, 1] (integer PCM divided by its full scale)")
+    if peak < MIN_PEAK:
+        raise AudioError(f"{name}: silent audio (peak amplitude {peak:.2g} < {MIN_PEAK:g}); "
+                         "nothing to hear (a question with nothing speakable?)")
     if max_seconds is not None and wav.size / sr > max_seconds:
         raise AudioError(f"{name}: {wav.size / sr:.2f} s is longer than the model's "
                          f"{max_seconds:g} s window (refused, not truncated)")
@@ -114,7 +134,7 @@ def load_audio(path: str | Path, *, max_seconds: float | None = None) -> np.ndar
     """Read a user's audio file as 16 kHz mono float32.
 
     Stereo is averaged to mono and other rates are resampled (each with a warning);
-    unreadable, empty, non-finite or over-long audio raises AudioError.
+    audio `validate` refuses (unreadable, silent, too short, ...) raises AudioError.
     """
     path = Path(path)
     if not path.is_file():

@@ -80,7 +80,16 @@ def parse_records(key: str, raw: bytes) -> list[dict]:
             if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
                 raise DataError(f"{path}: expected a JSON list of objects")
         else:
-            rows = list(csv.DictReader(io.StringIO(raw.decode("utf-8"))))
+            reader = csv.DictReader(io.StringIO(raw.decode("utf-8")))
+            rows = []
+            for r in reader:
+                # DictReader files extra fields under the key None and fills missing ones with
+                # None: either way the row does not fit the header (an unquoted comma?)
+                if None in r or None in r.values():
+                    many = "more" if None in r else "fewer"
+                    raise DataError(f"{path} is malformed: line {reader.line_num} has {many} fields than "
+                                    f"its header's {len(reader.fieldnames)}; {_where_to_get(key)}")
+                rows.append(r)
     except (UnicodeDecodeError, json.JSONDecodeError, csv.Error) as e:
         raise DataError(f"{path} is malformed: {e}; {_where_to_get(key)}") from e
     if not rows:
@@ -110,12 +119,17 @@ def download_sources(root: Path, keys=None, timeout: float = 60) -> Path:
     root = Path(root)
     for key in keys or SOURCES:
         src = SOURCES[key]
-        with urllib.request.urlopen(src.url, timeout=timeout) as r:  # noqa: S310 (pinned URL)
-            raw = r.read()
+        dest = root / src.path
+        try:
+            with urllib.request.urlopen(src.url, timeout=timeout) as r:  # noqa: S310 (pinned URL)
+                raw = r.read()
+        except (OSError, ValueError) as e:  # no network, a host that does not answer, a missing file
+            raise DataError(f"could not download {src.url} (for {dest}): {e}") from e
         got = rio.sha256_json(parse_records(key, raw))
         if got != RECORD_CHECKSUMS[key]:
-            raise DataError(f"downloaded {src.url} does not match its pinned record checksum")
-        with rio.atomic_path(root / src.path) as tmp:
+            raise DataError(f"downloaded {src.url} does not match its pinned record checksum "
+                            f"(it was for {dest}; not kept)")
+        with rio.atomic_path(dest) as tmp:
             tmp.write_bytes(raw)
     return root
 

@@ -18,12 +18,14 @@ Command line (any checkpoint on any CSV/JSON of questions with columns text + la
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import json
 import math
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Protocol, Sequence
 
@@ -88,8 +90,12 @@ class PhraseJudge:
         self.path = Path(path) if path is not None else DEFAULT_PHRASES
         if not self.path.is_file():
             raise FileNotFoundError(f"refusal-phrase list not found: {self.path}")
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"refusal-phrase list {self.path} is not UTF-8 text ({e}); save it as UTF-8") from e
         header, phrases = {}, []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
+        for line in text.splitlines():
             line = line.strip()
             if line.startswith("#"):
                 m = re.match(r"#\s*(name|version)\s*:\s*(\S+)", line)
@@ -413,6 +419,27 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name))
 
 
+def check_test_set_names(test_sets: Iterable) -> None:
+    """Raise ValueError when two test-set names clean (`_safe`) to one verdict file name."""
+    names = pd.Series(list(test_sets), dtype=object).astype(str).drop_duplicates()
+    clash = names[names.map(_safe).duplicated(keep=False)]
+    if len(clash):
+        raise ValueError(f"test sets {sorted(clash)} would share one verdict file name; rename them")
+
+
+def check_out_dir(out: str | Path) -> Path:
+    """`out` as a folder that can be made: raises ValueError naming --out when it, or a
+    folder above it, is an existing file (found before a model loads, not after)."""
+    out = Path(out)
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is a file" if p == out else f"lies below the file {p}"
+                raise ValueError(f"--out {out} {what}; give a folder")
+            break
+    return out
+
+
 def verdicts_path(out_dir: str | Path, method: str, mode: str, test_set: str) -> Path:
     return Path(out_dir) / f"{_safe(method)}__{_safe(mode)}__{_safe(test_set)}.jsonl"
 
@@ -453,10 +480,7 @@ def evaluate(adapter, questions_df: pd.DataFrame, modes: Sequence[str], *, metho
     audio_modes = [m for m in modes if m != "text-only"]
     if audio_modes and load_audio is None:
         raise ValueError(f"mode {audio_modes[0]!r} needs load_audio")
-    names = questions_df["test_set"].astype(str).drop_duplicates()
-    clash = names[names.map(_safe).duplicated(keep=False)]
-    if len(clash):
-        raise ValueError(f"test sets {sorted(clash)} would share one verdict file name; rename them")
+    check_test_set_names(questions_df["test_set"])
     tok = getattr(adapter, "tokenizer", None)
     # without a caller's fingerprint, the questions and their clips are part of it, so that an
     # edited question file is judged again rather than read back from the last run
@@ -476,7 +500,11 @@ def evaluate(adapter, questions_df: pd.DataFrame, modes: Sequence[str], *, metho
             path = verdicts_path(out_dir, method, mode, test_set)
             ids = [str(i) for i in g["id"]]
             if path.exists():
-                old = rio.read_jsonl(path)
+                try:
+                    old = rio.read_jsonl(path)
+                except ValueError as e:  # UnicodeDecodeError too, whose message lacks the file
+                    raise ValueError(f"verdict file {path} is damaged ({e}); delete it and rerun to "
+                                     f"regenerate mode {mode} of test set {test_set}") from e
                 if _matches(old, ids, judge, fp, store_generations):
                     if not store_generations and any("response" in r for r in old):
                         # an earlier run stored the answers; this one was asked not to keep them
@@ -682,6 +710,33 @@ def n_in_columns(table: pd.DataFrame, long: pd.DataFrame) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------ CLI
+def _long_csv_row(path: Path) -> str | None:
+    """'line L has N fields, the header M' for the first row of a CSV with more fields than
+    its header, else None."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = csv.reader(f)
+        header = next(rows, [])
+        for row in rows:
+            if len(row) > len(header):
+                return f"line {rows.line_num} has {len(row)} fields, the header {len(header)}"
+    return None
+
+
+def _read_question_csv(path: Path) -> pd.DataFrame:
+    """A question CSV as strings. A row with more fields than the header is an error naming
+    its line: pandas would make the first column an index (a long first row) or drop the
+    extra fields with a mere warning (index_col=False)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            return pd.read_csv(path, dtype=str, keep_default_na=False, index_col=False)
+    except (pd.errors.ParserError, pd.errors.ParserWarning) as e:
+        long_row = _long_csv_row(path)
+        if long_row is None:
+            raise pd.errors.ParserError(str(e).strip()) from e
+        raise ValueError(f"{long_row} (an unquoted comma in a question? quote that text)") from e
+
+
 def load_question_file(path: str | Path) -> pd.DataFrame:
     """Read a user CSV / JSON / JSONL of questions: columns text + label, optional id,
     audio_path, test_set. Raises ValueError naming the file and the problem."""
@@ -694,7 +749,7 @@ def load_question_file(path: str | Path) -> pd.DataFrame:
     else:
         try:
             if suffix == ".csv":
-                df = pd.read_csv(path, dtype=str, keep_default_na=False)
+                df = _read_question_csv(path)
             elif suffix == ".json":
                 obj = json.loads(path.read_text(encoding="utf-8"))
                 if isinstance(obj, dict) and isinstance(obj.get("questions"), list):
@@ -715,6 +770,12 @@ def load_question_file(path: str | Path) -> pd.DataFrame:
             raise ValueError(f"{path}: no {col!r} column (columns: {list(df.columns)})")
     # questions are numbered from 1 in messages, as a reader counts them (and as generated ids)
     df = df.copy()
+    # JSON can hold a number or a list as text: refused, not spoken as its str() ("['how', 'to']")
+    typed = [i + 1 for i, t in enumerate(df["text"])  # None / NaN (no text) meet the empty-text check
+             if not isinstance(t, str) and not (t is None or isinstance(t, float) and math.isnan(t))]
+    if typed:
+        raise ValueError(f"{path}: the text of questions {typed[:5]} is not a string "
+                         f"(e.g. {df['text'][typed[0] - 1]!r}); write each question as text")
     df["text"] = df["text"].fillna("").astype(str).str.strip()
     broken = df.index[df["text"].str.contains("\n")]
     if suffix == ".csv" and len(broken):  # a quote left open swallows the lines after it
@@ -862,6 +923,11 @@ def run(argv=None) -> dict:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1 (got {args.batch_size})")
     questions = load_question_file(args.questions)
+    out = check_out_dir(args.out)
+    try:
+        check_test_set_names(questions["test_set"])
+    except ValueError as e:
+        raise ValueError(f"{args.questions}: {e} (verdict files in --out are named by test set)") from e
     judge = PhraseJudge(args.judge_list)
     if args.adapter:
         check_checkpoint(args.adapter, args.model)
@@ -885,7 +951,6 @@ def run(argv=None) -> dict:
         from .training import load_trained
         model = load_trained(adapter, args.adapter)
     method = args.method or (checkpoint_kind(args.adapter) if args.adapter else "vanilla")
-    out = Path(args.out)
     rows = evaluate(adapter, questions, modes, method=method, model_id=args.model,
                     load_audio=load_audio, judge=judge, model=model,
                     max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, out_dir=out,
@@ -913,11 +978,15 @@ def run(argv=None) -> dict:
 
 
 def main(argv=None) -> int:
-    """Entry point (`python -m rrs.evaluation`, `rrs-evaluate`): bad inputs exit with one line."""
+    """Entry point (`python -m rrs.evaluation`, `rrs-evaluate`): bad inputs and Ctrl-C exit with one line."""
     try:
         run(argv)
     except (ValueError, OSError) as e:  # OSError: missing files, weights not available offline
         raise SystemExit(f"rrs.evaluation: error: {e}") from e
+    except KeyboardInterrupt:  # each verdict file is written whole, so the finished ones stay valid
+        print("rrs.evaluation: interrupted; the finished modes are saved in --out: rerun with the same "
+              "--out to resume", file=sys.stderr)
+        return 130  # the shell's code for an end by Ctrl-C
     return 0
 
 

@@ -109,6 +109,9 @@ def run(profile: str, only: str | None, force: bool, seed: int, model: str | Non
         os.environ.setdefault("RRS_OUTPUT_ROOT", str(own_root))
     stamps = run_dir / "stamps"
     executed_dir = run_dir / "notebooks"
+    # The kernels' progress bars are stored in the executed notebooks, one chunk per refresh:
+    # a refresh every 20 s keeps them readable (tqdm reads TQDM_* defaults from the environment).
+    os.environ.setdefault("TQDM_MININTERVAL", "20")
     sources = sources_fingerprint()
     fingerprint_params = dict(params, data=data_checksum())
     books = notebooks()

@@ -110,6 +110,30 @@ def linear_probe_accuracy(h_harmful: torch.Tensor, h_benign: torch.Tensor, seed:
     return float(cross_val_score(probe, x, y, cv=folds).mean())
 
 
+def probe_table(reps: dict, labels, seed: int = 0):
+    """Per key of `reps` (a mode, an epoch, ...: [N, H] representations in the order of
+    `labels`, "harmful" / "benign"): linear_probe_accuracy, the accuracy of always guessing
+    the larger class (what a probe must beat), the centroid gap (distance between the
+    harmful and benign centroids over the mean distance of a point to its own centroid;
+    0 = one centre) and n per label."""
+    import pandas as pd
+
+    labels = np.asarray(labels)
+    rows = []
+    for key, h in reps.items():
+        h = torch.as_tensor(h).float()
+        if len(h) != len(labels):
+            raise ValueError(f"{key}: {len(h)} representations but {len(labels)} labels")
+        harmful, benign = h[labels == "harmful"], h[labels == "benign"]
+        mu_h, mu_b = harmful.mean(0), benign.mean(0)
+        spread = (mean_distance(harmful, mu_h) * len(harmful) + mean_distance(benign, mu_b) * len(benign)) / len(h)
+        rows.append({"key": key, "probe_accuracy": linear_probe_accuracy(harmful, benign, seed=seed),
+                     "majority_accuracy": max(len(harmful), len(benign)) / len(h),
+                     "centroid_gap": float((mu_h - mu_b).norm()) / spread,
+                     "n_harmful": len(harmful), "n_benign": len(benign)})
+    return pd.DataFrame(rows)
+
+
 def tsne_2d(h: torch.Tensor, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
     """[N, 2] t-SNE embedding (PCA init, fixed seed: the same input gives the same map)."""
     from sklearn.manifold import TSNE

@@ -226,6 +226,44 @@ def refusal_token_probs(adapter, h: torch.Tensor, model=None) -> torch.Tensor:
     return torch.softmax(logits, dim=-1)[:, adapter.refusal_token_id()].cpu()
 
 
+def delta_shift_table(adapter, h: torch.Tensor, labels, masks: dict) -> pd.DataFrame:
+    """What RRS's targets h ± δ do to the first token, per mask ({name: SafetyFeatures}), on
+    representations `h` with `labels` ("harmful" / "benign"): the smallest rise of the "I"
+    logit under +δ and the largest change under −δ (features.i_logit_shift), and the mean
+    p("I") of harmful questions before / after +δ and of benign ones before / after −δ."""
+    from .features import i_logit_shift
+
+    is_harmful = torch.as_tensor(pd.Series(labels).eq("harmful").to_numpy())
+    w_I = adapter.refusal_token_row()
+    rows = []
+    for name, f in masks.items():
+        up, down = i_logit_shift(h, f.direction, w_I)
+        p0, p_up, p_down = (refusal_token_probs(adapter, x) for x in (h, h + f.direction, h - f.direction))
+        rows.append({"mask": name, "logit_up_min": float(up.min()), "logit_down_max": float(down.max()),
+                     "p_I_harmful": float(p0[is_harmful].mean()), "p_I_harmful+δ": float(p_up[is_harmful].mean()),
+                     "p_I_benign": float(p0[~is_harmful].mean()), "p_I_benign-δ": float(p_down[~is_harmful].mean())})
+    return pd.DataFrame(rows)
+
+
+def representation_shift(adapter, h_vanilla: dict, h_rrs: dict, centroids: dict, labels, rrs_model) -> pd.DataFrame:
+    """Per mode (keys of the dicts) and label: mean p("I") of the vanilla and the RRS model, and
+    the mean distance of their representations to that mode's refusal-zone centroid."""
+    from .representations import mean_distance
+
+    labels = pd.Series(labels).to_numpy()
+    rows = []
+    for mode in h_vanilla:
+        p_van = refusal_token_probs(adapter, h_vanilla[mode])
+        p_rrs = refusal_token_probs(adapter, h_rrs[mode], rrs_model)
+        for label in ("harmful", "benign"):
+            sel = torch.as_tensor(labels == label)
+            rows.append({"mode": mode, "label": label,
+                         "p_I_vanilla": float(p_van[sel].mean()), "p_I_rrs": float(p_rrs[sel].mean()),
+                         "dist_vanilla": mean_distance(h_vanilla[mode][sel], centroids[mode]),
+                         "dist_rrs": mean_distance(h_rrs[mode][sel], centroids[mode]), "n": int(sel.sum())})
+    return pd.DataFrame(rows, columns=["mode", "label", "p_I_vanilla", "p_I_rrs", "dist_vanilla", "dist_rrs", "n"])
+
+
 # ----------------------------------------------------------------------------- safety features
 
 def feature_questions(questions: pd.DataFrame, structure: str = "mirror", seed: int = 0) -> pd.DataFrame:
@@ -419,7 +457,7 @@ def _sft_data(adapter, items: pd.DataFrame, P: Profile, seed: int, kind: str, pr
     from .training import REFUSAL_TEMPLATES, mixed_sft_data, refusal_sft_data
 
     if kind == "refusal":
-        return refusal_sft_data(items, seed, templates=REFUSAL_TEMPLATES)
+        return *refusal_sft_data(items, seed, templates=REFUSAL_TEMPLATES), None
     return mixed_sft_data(adapter, items, seed=seed, templates=REFUSAL_TEMPLATES, max_new_tokens=P.max_new_tokens,
                           batch_size=P.eval_batch_size, progress=progress)
 
@@ -444,17 +482,18 @@ def sft_checkpoint(adapter, questions: pd.DataFrame, P, seed: int = 0, *, kind: 
            "epoch_ce": True}  # the run records epoch_ce.json (runs from before that file are not reused)
     if kind == "mixed":
         key["max_new_tokens"] = P.max_new_tokens
+        key["cut_answers_end_no_turn"] = True  # runs that taught the model to stop at the cut are not reused
     run_dir = cache_dir() / "checkpoints" / _key(key)
     record = {"stage": f"sft_{kind}", "model_id": adapter.model_id, "seed": seed, "profile": P.name,
               "items": len(items), "train": _train_config(P, epochs)}
     if _complete(_epoch_dir(run_dir, epochs)):
         return _epoch_dir(run_dir, epochs)
-    rows, responses = _sft_data(adapter, items, P, seed, kind, progress)
+    rows, responses, ends_turn = _sft_data(adapter, items, P, seed, kind, progress)
 
     def train(resume: bool):
         try:
-            train_sft(adapter, rows, responses, P.train, run_dir, seed, kind=f"sft_{kind}", epochs=epochs,
-                      resume=resume, extract_batch_size=P.eval_batch_size, progress=progress)
+            train_sft(adapter, rows, responses, P.train, run_dir, seed, ends_turn=ends_turn, kind=f"sft_{kind}",
+                      epochs=epochs, resume=resume, extract_batch_size=P.eval_batch_size, progress=progress)
         finally:
             detach_lora(adapter)
 
@@ -496,6 +535,52 @@ def load_method(adapter, questions: pd.DataFrame, P, seed: int, method: str, *, 
     return load_trained(adapter, path, features=features)
 
 
-__all__ = ["METHODS", "MODES", "setup", "safety_features", "training_items", "rrs_checkpoint", "sft_checkpoint",
+def structure_summary(adapter, questions: pd.DataFrame, P, seed: int, structures: dict) -> pd.DataFrame:
+    """Per dataset structure ({label: method of METHODS}; vanilla skipped): its training items by
+    label and form, and how its δ compares with Mirror's (features.compare_directions)."""
+    from .features import compare_directions
+
+    mirror = safety_features(adapter, questions, P, seed).direction
+    rows = []
+    for label, method in structures.items():
+        if method == "vanilla":
+            continue
+        structure = METHODS[method]["structure"]
+        items = training_items(questions, structure, seed)
+        cmp = compare_directions(safety_features(adapter, questions, P, seed, structure=structure).direction, mirror)
+        counts = {f"{kind} ({form})": int(((items.label == kind) & (items.modality == modality)).sum())
+                  for form, modality in (("spoken", "audio"), ("written", "text")) for kind in ("harmful", "benign")}
+        rows.append({"structure": label, **counts, "cosine with Mirror's δ": cmp["cosine"],
+                     "|δ − δ_Mirror| / |δ|": cmp["relative_difference"]})
+    return pd.DataFrame(rows)
+
+
+def evaluate_methods(adapter, questions: pd.DataFrame, P, seed: int, methods, *, test_sets, judge,
+                     model_name: str, progress: bool = True) -> tuple[list[dict], pd.DataFrame]:
+    """Each method's checkpoint (method_checkpoint: trained when the cache lacks it) judged on
+    `test_sets` in every mode (rrs.evaluation.evaluate_method, which reuses stored verdicts).
+    Returns (the verdict rows, one row per method: its checkpoint, the seconds spent training or
+    loading it, the answers generated and reused, the seconds spent generating)."""
+    import time
+
+    from .evaluation import evaluate_method
+
+    rows, timing = [], []
+    for method in methods:
+        t0 = time.perf_counter()
+        checkpoint = method_checkpoint(adapter, questions, P, seed, method, progress=progress)
+        t1 = time.perf_counter()
+        stats = {}
+        rows += evaluate_method(adapter, questions, P, seed, method, checkpoint, test_sets=test_sets, judge=judge,
+                                model_name=model_name, progress=progress, stats=stats)
+        timing.append({"method": method,
+                       "checkpoint": "-" if checkpoint is None else "/".join(Path(checkpoint).parts[-2:]),
+                       "train_or_load_s": round(t1 - t0, 1), "generated": stats["generated"],
+                       "reused": stats["reused"], "generating_s": round(stats["seconds_generating"], 1)})
+    return rows, pd.DataFrame(timing)
+
+
+__all__ = ["METHODS", "MODES", "setup", "evaluate_methods", "structure_summary", "delta_shift_table",
+           "representation_shift", "safety_features", "training_items", "rrs_checkpoint", "sft_checkpoint",
            "method_checkpoint", "load_method", "representations", "refusal_token_probs", "epoch_checkpoints",
            "training_log", "epoch_mse", "epoch_ce", "split_questions", "train_questions", "feature_questions"]

@@ -259,3 +259,46 @@ def over_rejection_increase(long_df: pd.DataFrame, method: str, baseline: str = 
             vals[m] = float(v.iloc[0])
         diffs.append(vals[method] - vals[baseline])
     return sum(diffs) / len(diffs)
+
+
+def rate(long_df: pd.DataFrame, method: str, mode: str, metric: str = "asr", *, test_set: str | None = None,
+         model: str | None = None) -> float:
+    """The one value of `metric` for `method` in `mode` (on `test_set`, of `model`, when given)."""
+    sel = (long_df["method"] == method) & (long_df["mode"] == mode) & (long_df["metric"] == metric)
+    for column, value in (("test_set", test_set), ("model", model)):
+        if value is not None:
+            sel &= long_df[column] == value
+    values = long_df.loc[sel, "value"]
+    if len(values) != 1:
+        raise ValueError(f"need exactly one {metric} result for method={method!r}, mode={mode!r}, "
+                         f"test_set={test_set!r}; found {len(values)}")
+    return float(values.iloc[0])
+
+
+def change_from_vanilla(long_df: pd.DataFrame, methods: Sequence[str], *, metrics: Sequence[str] | None = None,
+                        baseline: str = "vanilla") -> pd.DataFrame:
+    """Points of change from `baseline`: rows (test_set, metric, mode), one column per other method."""
+    df = long_df if metrics is None else long_df[long_df["metric"].isin(metrics)]
+    wide = df.pivot_table(index=["test_set", "metric", "mode"], columns="method", values="value")
+    return wide[[m for m in methods if m != baseline]].sub(wide[baseline], axis=0)
+
+
+def training_tradeoff(curve: pd.DataFrame, method_by_epoch: dict, epoch_mse: pd.DataFrame, *, test_set: str,
+                      model: str | None = None, modes: Sequence[str] = MODES) -> pd.DataFrame:
+    """Per epoch of an RRS run: the ASR change from vanilla per mode, the over-rejection
+    increase (mean of the modes) and the training-set MSE, overall and per label
+    (`epoch_mse`: stages.epoch_mse indexed by epoch)."""
+    if list(epoch_mse.index) != list(method_by_epoch):
+        raise ValueError(f"training MSE for epochs {list(epoch_mse.index)}, results for {list(method_by_epoch)}")
+    rows = []
+    for epoch, method in method_by_epoch.items():
+        row = {"epoch": epoch}
+        for mode in modes:
+            row[f"ASR change {mode}"] = (rate(curve, method, mode, test_set=test_set, model=model)
+                                         - rate(curve, "vanilla", mode, test_set=test_set, model=model))
+        row["over-rejection increase"] = over_rejection_increase(curve, method, "vanilla", test_set=test_set,
+                                                                 model=model, modes=modes)
+        for column, name in (("mse", "training MSE"), ("mse_harmful", "... harmful"), ("mse_benign", "... benign")):
+            row[name] = epoch_mse.loc[epoch, column]
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -153,9 +153,13 @@ def with_prompts(examples: Sequence[Example], prompts: Sequence[str]) -> list[Mo
             for e, p in zip(examples, prompts)]
 
 
-def data_hash(examples: Sequence[Example], responses: Sequence[str] | None = None) -> str:
+def data_hash(examples: Sequence[Example], responses: Sequence[str] | None = None,
+              ends_turn: Sequence[bool] | None = None) -> str:
     rows = [[e.id, e.label, e.mode, e.train_input.text] for e in examples]
-    return rio.sha256_json({"rows": rows, "responses": list(responses) if responses is not None else None})[:16]
+    record = {"rows": rows, "responses": list(responses) if responses is not None else None}
+    if ends_turn is not None and not all(ends_turn):  # named only when some answer was cut
+        record["ends_turn"] = list(map(bool, ends_turn))
+    return rio.sha256_json(record)[:16]
 
 
 # -- LoRA ------------------------------------------------------------------------------
@@ -251,10 +255,11 @@ def response_cross_entropy(adapter, model, hidden: torch.Tensor, labels: torch.T
     return F.cross_entropy(logits, labels[:, 1:][keep], reduction=reduction)
 
 
-def _inputs_key(kind: str, examples: Sequence[Example], responses: Sequence[str] | None = None) -> str:
+def _inputs_key(kind: str, examples: Sequence[Example], responses: Sequence[str] | None = None,
+                ends_turn: Sequence[bool] | None = None) -> str:
     from .representations import inputs_digest
 
-    return f"{kind} {inputs_digest([e.train_input for e in examples])} {data_hash(examples, responses)}"
+    return f"{kind} {inputs_digest([e.train_input for e in examples])} {data_hash(examples, responses, ends_turn)}"
 
 
 def cached_decoder_inputs(adapter, make_batch: Callable[[list[int]], object], n: int, batch_size: int,
@@ -266,7 +271,7 @@ def cached_decoder_inputs(adapter, make_batch: Callable[[list[int]], object], n:
     responses): a call with the key of the previous call returns the same rows."""
     if not adapter.caches_decoder_inputs:
         return None
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     # the last set read is kept on the adapter: consecutive runs on the same examples (the
     # Top-m% ablation trains three) read it once
@@ -350,9 +355,16 @@ def _adapter_sha256(checkpoint_dir: Path) -> str:
     return rio.sha256_file(Path(checkpoint_dir) / "adapter_model.safetensors")
 
 
+def _adapter_config_sha256(checkpoint_dir: Path) -> str:
+    """Of adapter_config.json: its rank, alpha and target modules change the model as much as
+    the weights do."""
+    return rio.sha256_file(Path(checkpoint_dir) / "adapter_config.json")
+
+
 def check_checkpoint_files(checkpoint_dir) -> dict:
     """The checkpoint's record, once the folder is known to hold a complete, unaltered adapter
-    (its weights' sha256, recorded by `_save_epoch` since 2026-12-01, is added when absent)."""
+    (the sha256 of its weights and of its adapter_config.json, recorded by `_save_epoch` since
+    2026-12-01 and 2026-12-02, are added when absent)."""
     checkpoint_dir = Path(checkpoint_dir)
     meta = read_checkpoint_meta(checkpoint_dir)
     missing = [f for f in ADAPTER_FILES if not (checkpoint_dir / f).is_file()]
@@ -363,7 +375,12 @@ def check_checkpoint_files(checkpoint_dir) -> dict:
     if recorded != weights:
         raise CheckpointError(f"{checkpoint_dir}/adapter_model.safetensors fails its checksum "
                               f"(sha256 {weights[:12]}..., recorded {str(recorded)[:12]}...)")
-    return {**meta, "adapter_sha256": weights}
+    config = _adapter_config_sha256(checkpoint_dir)
+    recorded = meta.get("adapter_config_sha256", config)
+    if recorded != config:
+        raise CheckpointError(f"{checkpoint_dir}/adapter_config.json was changed after training "
+                              f"(sha256 {config[:12]}..., recorded {str(recorded)[:12]}...)")
+    return {**meta, "adapter_sha256": weights, "adapter_config_sha256": config}
 
 
 def _save_epoch(peft_model, out_dir: Path, epoch: int, meta: dict) -> Path:
@@ -371,7 +388,8 @@ def _save_epoch(peft_model, out_dir: Path, epoch: int, meta: dict) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".epoch_{epoch}.", dir=out_dir))
     try:
         peft_model.save_pretrained(tmp, save_embedding_layers=False)  # no hub lookup of the base config
-        rio.write_json(tmp / CHECKPOINT_META, {**meta, "epoch": epoch, "adapter_sha256": _adapter_sha256(tmp)})
+        rio.write_json(tmp / CHECKPOINT_META, {**meta, "epoch": epoch, "adapter_sha256": _adapter_sha256(tmp),
+                                               "adapter_config_sha256": _adapter_config_sha256(tmp)})
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -424,7 +442,7 @@ def training_attention():
 def _index_batches(n: int, size: int, desc: str, progress: bool):
     """The indices 0..n-1 in lists of `size`, with a progress bar: the batches of a score over
     the whole training set."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     for s in tqdm(range(0, n, size), desc=desc, disable=not progress, leave=False, unit="batch"):
         yield list(range(s, min(n, s + size)))
@@ -438,7 +456,7 @@ def _fit(adapter, peft_model, examples, step_fn: Callable, *, cfg: TrainConfig, 
     `evaluate()` (optional) scores the whole training set; it runs before the first epoch and
     after each one, in eval mode and without gradients, and its rows ({"epoch": e, ...}) go to
     out_dir/`evaluate_file`."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     def score() -> dict:  # dropout off, no gradients, no random draws: scoring leaves the training as it is
         peft_model.eval()
@@ -622,8 +640,10 @@ def refusal_sft_data(items, seed: int = 0, templates: Sequence[str] = (REFUSAL_T
 def mixed_sft_data(adapter, items, *, modes: Sequence[str] = ("audio-text",), seed: int = 0,
                    templates: Sequence[str] = (REFUSAL_TEMPLATE,), prompt_pool: Sequence[str] = TRAINING_PROMPTS,
                    max_new_tokens: int = 64, batch_size: int = 8, progress: bool = True):
-    """(rows, responses) of the mixed-SFT baseline: harmful -> a refusal, benign -> the
-    vanilla model's own greedy answer to the row's first training input (same x̃ as RRS)."""
+    """(rows, responses, ends_turn) of the mixed-SFT baseline: harmful -> a refusal, benign
+    -> the vanilla model's own greedy answer to the row's first training input (same x̃ as
+    RRS). ends_turn[i] is False for an answer cut at `max_new_tokens`: it is trained without
+    an end-of-turn, so the baseline is not taught to stop there."""
     items = items.reset_index(drop=True)
     detach_lora(adapter)
     examples = training_examples(items, modes, seed, prompt_pool)
@@ -631,20 +651,24 @@ def mixed_sft_data(adapter, items, *, modes: Sequence[str] = ("audio-text",), se
     for e in examples:
         first.setdefault(e.row, e)
     benign_rows = [r for r in range(len(items)) if items["label"].iloc[r] == "benign"]
-    answers = adapter.generate([first[r].train_input for r in benign_rows], max_new_tokens=max_new_tokens,
-                               batch_size=batch_size, progress=progress)
+    answers, ended = adapter.generate_with_ends([first[r].train_input for r in benign_rows],
+                                                max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                                progress=progress)
     responses = sft_refusal_responses(len(items), seed, templates)
-    for r, a in zip(benign_rows, answers):
-        responses[r] = a
-    return items, responses
+    ends_turn = [True] * len(items)
+    for r, a, e in zip(benign_rows, answers, ended):
+        responses[r], ends_turn[r] = a, e
+    return items, responses, ends_turn
 
 
 def train_sft(adapter, items, responses: Sequence[str], train: TrainConfig | Profile, out_dir, seed: int = 0, *,
-              kind: str = "sft", modes: Sequence[str] = ("audio-text",), prompt_pool: Sequence[str] = TRAINING_PROMPTS,
+              ends_turn: Sequence[bool] | None = None, kind: str = "sft", modes: Sequence[str] = ("audio-text",),
+              prompt_pool: Sequence[str] = TRAINING_PROMPTS,
               epochs: int | None = None, resume: bool = False, on_epoch_end: Callable[[int], None] | None = None,
               extract_batch_size: int | None = None, progress: bool = True) -> TrainResult:
     """SFT baseline on the same examples and budget as RRS; `responses[i]` answers row i
-    of `items` (in every mode). Loss log entries carry "ce". The response cross-entropy over
+    of `items` (in every mode), with an end-of-turn unless `ends_turn[i]` is False (an answer
+    cut at a length limit). Loss log entries carry "ce". The response cross-entropy over
     the whole training set (per token, dropout off), with the vanilla model and after each
     epoch, goes to out_dir/EPOCH_CE_FILE, as RRS records its MSE: the per-step losses are of
     one batch each, with dropout, and move less than their noise in a short run."""
@@ -653,16 +677,21 @@ def train_sft(adapter, items, responses: Sequence[str], train: TrainConfig | Pro
     items = items.reset_index(drop=True)
     if len(responses) != len(items):
         raise ValueError(f"{len(items)} items but {len(responses)} responses")
+    if ends_turn is not None and len(ends_turn) != len(items):
+        raise ValueError(f"{len(items)} items but {len(ends_turn)} ends_turn flags")
     examples = training_examples(items, modes, seed, prompt_pool)
     detach_lora(adapter)
-    meta = _schedule_meta(_meta(adapter, kind, cfg, seed, data_hash(examples, responses), modes), cfg, epochs)
+    meta = _schedule_meta(_meta(adapter, kind, cfg, seed, data_hash(examples, responses, ends_turn), modes), cfg,
+                          epochs)
     peft_model = attach_lora(adapter, lora_config(cfg, adapter.lora_target_pattern), seed)
 
     def sft_batch(idx):
-        return adapter.sft_batch([examples[i].train_input for i in idx], [responses[examples[i].row] for i in idx])
+        rows = [examples[i].row for i in idx]
+        return adapter.sft_batch([examples[i].train_input for i in idx], [responses[r] for r in rows],
+                                 None if ends_turn is None else [ends_turn[r] for r in rows])
 
     cache = cached_decoder_inputs(adapter, sft_batch, len(examples), extract_batch_size or cfg.batch_size, progress,
-                                  key=_inputs_key("sft", examples, responses))
+                                  key=_inputs_key("sft", examples, responses, ends_turn))
 
     def batch_ce(idx, reduction="mean"):
         """(cross-entropy of the response tokens of examples `idx`, their labels)"""
@@ -711,7 +740,7 @@ def load_trained(adapter, checkpoint_dir, features: SafetyFeatures | None = None
     if features is not None:
         _check_meta(meta, {"top_m": features.top_m, "direction_hash": features.direction_hash}, checkpoint_dir,
                     keys=("top_m", "direction_hash"))
-    weights = meta["adapter_sha256"]
+    weights = rio.sha256_json([meta["adapter_sha256"], meta["adapter_config_sha256"]])
     try:
         with _peft_wrapping():
             peft_model = PeftModel.from_pretrained(adapter.model, str(checkpoint_dir), is_trainable=False).eval()

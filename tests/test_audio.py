@@ -116,6 +116,35 @@ def test_validate_rejects_bad_clips():
         audio.validate(good, max_seconds=0.5)
 
 
+def test_validate_refuses_silent_short_and_out_of_range_clips(tmp_path):
+    # eSpeak NG speaks "?!" as zeros; a model would then judge a question on silence
+    with pytest.raises(audio.AudioError, match=r"question q7: silent audio \(peak amplitude 0 "):
+        audio.validate(np.zeros(16000, np.float32), name="question q7")
+    with pytest.raises(audio.AudioError, match="silent audio"):
+        audio.validate(np.full(16000, 5e-5, np.float32))
+    with pytest.raises(audio.AudioError, match=r"1 samples \(0.000 s\) is shorter than 0.1 s"):
+        audio.validate(np.array([0.5], np.float32))
+    # int16 samples passed as an array, not scaled to [-1, 1]
+    with pytest.raises(audio.AudioError, match=r"pcm: samples reach 1638[0-9], outside \[-1.5, 1.5\]"):
+        audio.validate((0.5 * 32767 * np.sin(np.arange(16000) / 10)).astype(np.int16), name="pcm")
+    for wav, match in [(np.zeros(16000, np.float32), "silent"), (np.array([0.5], np.float32), "shorter"),
+                       (np.full(16000, 1000, np.float32), "samples reach 1000")]:
+        sf.write(tmp_path / "bad.wav", wav, 16000, subtype="FLOAT")
+        with pytest.raises(audio.AudioError, match=r"bad\.wav: .*" + match):
+            audio.load_audio(tmp_path / "bad.wav")
+    # the limits leave room around what the pipeline makes (clips of 0.7-8.4 s, peaks 0.5-1.02)
+    assert audio.validate(np.full(1600, 1.02, np.float32)).size == 1600
+
+
+def test_speaking_nothing_speakable_is_refused():
+    import re
+
+    for text in ("?!", "...", "\u200b\u200b"):  # eSpeak NG gives a few zero samples for these
+        with pytest.raises(audio.AudioError, match=re.escape(repr(text)) + ": .*(silent audio|shorter than)"):
+            audio.cached_speech(text, "en-us", 170)
+        assert not audio.clip_path(text, "en-us", 170).exists()  # nothing cached
+
+
 def test_load_audio_resamples_and_downmixes(tmp_path):
     t = np.arange(8000) / 8000
     tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)

@@ -53,7 +53,8 @@ def test_download_command_fetches_and_verifies_every_source(tmp_path, monkeypatc
         data.main(["download", str(tmp_path / "again")])
     assert not (tmp_path / "again" / data.SOURCES["rrs_harmful"].path).exists()
     served["rrs_harmful"] = dataclasses.replace(served["rrs_harmful"], url=(tmp_path / "nowhere.json").as_uri())
-    with pytest.raises(SystemExit, match="rrs.data: error: .*nowhere.json"):
+    dest = tmp_path / "again" / data.SOURCES["rrs_harmful"].path
+    with pytest.raises(SystemExit, match=f"rrs.data: error: could not download .*nowhere.json \\(for {dest}\\): "):
         data.main(["download", str(tmp_path / "again")])
 
 
@@ -171,6 +172,18 @@ def test_malformed_json_and_csv(data_copy):
     (data_copy / "public" / "figstep_safebench.csv").write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(data.DataError, match="figstep_safebench.csv is malformed"):
         data.read_source("figstep", data_copy)
+
+
+def test_a_csv_row_with_more_or_fewer_fields_is_named_by_line(data_copy):
+    path = data_copy / "public" / "figstep_safebench.csv"
+    lines = path.read_text().splitlines()
+    for bad, many in ((lines[3] + ",extra", "more"), (lines[3].split(",")[0], "fewer")):
+        path.write_text("\n".join(lines[:3] + [bad] + lines[4:]) + "\n")
+        match = rf"figstep_safebench\.csv is malformed: line 4 has {many} fields than its header's \d+"
+        with pytest.raises(data.DataError, match=match):
+            data.load_figstep(data_copy)
+        with pytest.raises(data.DataError, match=match):
+            data.data_checksum(data_copy)
 
 
 def test_empty_question_text_is_refused(data_copy, monkeypatch):

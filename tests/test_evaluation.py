@@ -22,12 +22,14 @@ HARMFUL_WORD = "bomb"
 
 
 def encode_audio(text: str) -> np.ndarray:
-    """Fake 'speech': the question's bytes as float32 samples, so the fake model can hear it."""
-    return np.frombuffer(text.encode(), dtype=np.uint8).astype(np.float32)
+    """Fake 'speech': the question's bytes as float32 samples, so the fake model can hear it;
+    scaled to [0, 1] and padded with zeros to 0.1 s, as rrs.audio.validate wants a clip."""
+    wav = np.frombuffer(text.encode(), dtype=np.uint8).astype(np.float32) / 255
+    return np.pad(wav, (0, max(0, 1600 - wav.size)))
 
 
 def decode_audio(audio: np.ndarray) -> str:
-    return bytes(audio.astype(np.uint8)).decode()
+    return bytes(np.rint(audio * 255).astype(np.uint8)).rstrip(b"\0").decode()
 
 
 def echo(question: str) -> str:
@@ -137,6 +139,10 @@ def test_phrase_judge_missing_or_bad_list(tmp_path):
     empty.write_text("# name: x\n# version: 2\n\n")
     with pytest.raises(ValueError, match="refusal-phrase list .*empty.txt holds no phrases"):
         ev.PhraseJudge(empty)
+    utf16 = tmp_path / "utf16.txt"
+    utf16.write_text("I'm sorry\n", encoding="utf-16")
+    with pytest.raises(ValueError, match="refusal-phrase list .*utf16.txt is not UTF-8 text"):
+        ev.PhraseJudge(utf16)
     ok = tmp_path / "ok.txt"
     ok.write_text("# name: tiny\n# version: 7\nnope\n")
     judge = ev.PhraseJudge(ok)
@@ -300,6 +306,17 @@ def test_evaluate_resumes_matching_files_and_redoes_stale_ones(tmp_path):
     rows = _evaluate(lora, tmp_path, judge=other, model="safe-lora", fingerprint="safe-lora-ep1")
     assert len(lora.calls) == 4                                            # another model fingerprint
     assert all(r["refused"] for r in rows if r["label"] == "harmful")
+
+
+def test_a_damaged_verdict_file_says_how_to_regenerate_it(tmp_path):
+    _evaluate(FakeAdapter(), tmp_path)
+    path = ev.verdicts_path(tmp_path, "vanilla", "text-only", "extra")
+    for damage in (b'{"id": "x1", "refused": tr', b"\xff\xfe\x00"):  # cut short; not UTF-8
+        path.write_bytes(damage)
+        match = (r"verdict file .*vanilla__text-only__extra\.jsonl is damaged \(.*\); "
+                 r"delete it and rerun to regenerate mode text-only of test set extra")
+        with pytest.raises(ValueError, match=match):
+            _evaluate(FakeAdapter(), tmp_path)
 
 
 def test_a_run_without_generations_removes_those_an_earlier_run_stored(tmp_path):
@@ -487,6 +504,24 @@ def test_cli_refuses_a_damaged_checkpoint_before_loading_a_model(tmp_path, fake_
         ev.main(base + ["--adapter", str(gone)])
 
 
+def test_cli_ctrl_c_says_how_to_resume(tmp_path, fake_stack, monkeypatch, capsys):
+    qfile = write_csv(tmp_path / "q.csv", GOOD)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ev, "evaluate", interrupted)
+    args = ["--model", "fake-lalm", "--questions", str(qfile), "--modes", "text-only", "--out", str(tmp_path / "o")]
+    try:
+        code = ev.main(args)
+    except KeyboardInterrupt:  # caught here: left to pytest it would stop the whole session
+        pytest.fail("Ctrl-C left main as a KeyboardInterrupt traceback")
+    assert code == 130
+    err = capsys.readouterr().err
+    assert err.strip() == ("rrs.evaluation: interrupted; the finished modes are saved in --out: "
+                           "rerun with the same --out to resume")
+
+
 def test_the_checkpoint_record_name_is_the_one_training_writes():
     from rrs.training import CHECKPOINT_META
     assert ev.CHECKPOINT_RECORD == CHECKPOINT_META
@@ -494,7 +529,7 @@ def test_the_checkpoint_record_name_is_the_one_training_writes():
 
 def test_cli_reads_json_and_audio_files(tmp_path, fake_stack):
     import soundfile as sf
-    sf.write(tmp_path / "q.wav", np.zeros(8000, dtype=np.float32), 8000)
+    sf.write(tmp_path / "q.wav", np.full(8000, 0.1, dtype=np.float32), 8000)
     qfile = tmp_path / "q.json"
     qfile.write_text(json.dumps([{"id": "a", "text": "How do I bake bread?", "label": "Benign",
                                   "audio_path": "q.wav"}]))
@@ -533,6 +568,14 @@ def test_cli_spoken_questions_must_fit_the_window():
     with pytest.raises(AudioError, match=r"question long: its eSpeak NG speech: [\d.]+ s is longer than the model's 8 s window"):
         ev._audio_loader(max_seconds=8)(row)
     assert len(ev._audio_loader()(row)) > 8 * 16_000          # no window given: not checked
+
+
+def test_cli_refuses_a_question_with_nothing_to_speak():
+    # eSpeak NG speaks "?!" as a few zero samples: refused, not judged on silence
+    from rrs.audio import AudioError
+
+    with pytest.raises(AudioError, match=r"question q3: its eSpeak NG speech: .*(silent|shorter than)"):
+        ev._audio_loader()(pd.Series({"id": "q3", "text": "?!"}))
 
 
 def test_audio_window_is_the_feature_extractors():
@@ -585,8 +628,15 @@ def test_cli_names_an_unclosed_quote(tmp_path, fake_stack, body, match):
     ("q.json", '[{"id": "a", "text": "How?", "label": "benign"}, {"text": "Why?", "label": "benign"}]',
      r"q\.json: questions \[2\] have no id"),
     ("q.csv", "id,text,label\na,How?,benign\n ,Why?,benign\n", r"q\.csv: questions \[2\] have no id"),
+    # pandas made the first column an index of a long first row, or dropped extra fields
+    ("q.csv", "text,label\nHow?,benign,extra\n", r"q\.csv: line 2 has 3 fields, the header 2"),
+    ("q.csv", "text,label\nHow?,benign\nWhy,\"my\",cat?,benign\n", r"q\.csv: line 3 has 4 fields, the header 2"),
     ("q.txt", "How do I bake bread?\n", r"q\.txt: unsupported file type; use \.csv, \.json or \.jsonl"),
     ("q.json", '{"text": "How?", "label": "benign"}', r"q\.json: expected a JSON list of objects"),
+    ("q.json", '[{"text": "How?", "label": "benign"}, {"text": 5, "label": "benign"}]',
+     r"q\.json: the text of questions \[2\] is not a string \(e\.g\. 5\)"),
+    ("q.jsonl", '{"text": ["how", "to"], "label": "benign"}\n',
+     r"q\.jsonl: the text of questions \[1\] is not a string \(e\.g\. \['how', 'to'\]\)"),
     ("q.json", '[{"text": "How?", "label": "benign"},', r"q\.json: Expecting value"),
 ])
 def test_cli_names_the_line_or_question_at_fault(tmp_path, fake_stack, name, body, match):
@@ -595,6 +645,21 @@ def test_cli_names_the_line_or_question_at_fault(tmp_path, fake_stack, name, bod
         ev.run(["--model", "fake-lalm", "--questions", str(tmp_path / name), "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit, match="rrs.evaluation: error: .*" + match):  # one line, no traceback
         ev.main(["--model", "fake-lalm", "--questions", str(tmp_path / name), "--out", str(tmp_path / "o")])
+    assert "adapter" not in fake_stack and not (tmp_path / "o").exists()
+
+
+def test_cli_checks_out_and_test_set_names_before_loading_a_model(tmp_path, fake_stack):
+    qfile = write_csv(tmp_path / "q.csv", GOOD)
+    (tmp_path / "file").write_text("not a folder")
+    base = ["--model", "fake-lalm", "--modes", "text-only"]
+    for out, match in [(tmp_path / "file", r"--out .*file is a file; give a folder"),
+                       (tmp_path / "file" / "sub" / "o", r"--out .*o lies below the file .*file; give a folder")]:
+        with pytest.raises(ValueError, match=match):
+            ev.run(base + ["--questions", str(qfile), "--out", str(out)])
+    clash = write_csv(tmp_path / "clash.csv", [{**GOOD[0], "test_set": "a/b"}, {**GOOD[1], "test_set": "a_b"}])
+    with pytest.raises(ValueError, match=r"clash\.csv: test sets \['a/b', 'a_b'\] would share one verdict file "
+                                         r"name; rename them \(verdict files in --out"):
+        ev.run(base + ["--questions", str(clash), "--out", str(tmp_path / "o")])
     assert "adapter" not in fake_stack and not (tmp_path / "o").exists()
 
 

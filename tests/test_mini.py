@@ -166,6 +166,34 @@ def test_load_errors(tmp_path):
         load_adapter(str(garbled))
 
 
+def test_build_command_refuses_bad_settings_and_a_foreign_out_folder(tmp_path):
+    """Checked before any training: a bad --set value, --threads 0, or an --out folder that the
+    build would replace although it holds no earlier build."""
+    from rrs.mini.build import check_out_folder, config_from_args, main, parse_args
+
+    for item, message in (("mixed_steps", "gives no value"), ("mixed_steps=abc", "not a valid int"),
+                          ("voices=en-us", "not a valid tuple"), ("voices=5", "expected a JSON tuple"),
+                          ("mixed_steps=-5", "finite number >= 0"), ("lr=nan", "finite number >= 0"),
+                          ("val_fraction=2", "a share, at most 1"), ("no_such=1", "unknown config field")):
+        with pytest.raises(SystemExit, match=message):
+            config_from_args(parse_args(["--set", item]))
+    assert config_from_args(parse_args(["--set", "mixed_steps=7"])).mixed_steps == 7
+    notes = tmp_path / "mine"
+    notes.mkdir()
+    (notes / "notes.txt").write_text("keep me")
+    for out, message in ((notes, "holds files but no mini-LALM build"), (notes / "notes.txt", "is a file")):
+        with pytest.raises(SystemExit, match=message):
+            main(["--out", str(out)])
+    assert (notes / "notes.txt").read_text() == "keep me"
+    with pytest.raises(SystemExit, match="--threads must be at least 1"):
+        main(["--out", str(tmp_path / "new"), "--threads", "0"])
+    check_out_folder(tmp_path / "new")  # a new folder, an empty one, or an earlier build are fine
+    (tmp_path / "empty").mkdir()
+    check_out_folder(tmp_path / "empty")
+    (notes / "build_record.json").write_text("{}")
+    check_out_folder(notes)
+
+
 def test_loading_under_transformers_4_names_the_environment_it_needs(monkeypatch):
     # Qwen-Audio-Chat's environment has transformers 4, where the mini model's processor files
     # are not found; the error says why instead
@@ -449,6 +477,27 @@ def test_audio_stage_draws_each_batch_from_one_length_quantile_and_every_clip_al
     answers = B.Sampler(B.replace(cfg, audio_mix=(("audio_only_answer", 1.0),)), corpus, lengths)
     b = np.array([e[1] for e in answers.audio_examples(np.random.default_rng(1), 24)])
     assert all(clips[i].label == "benign" for i in b) and len(set(answers.bucket[b].tolist())) == 1
+
+
+def test_acceptance_checks_read_each_target_from_the_behaviour_table():
+    from rrs.mini.behaviour import acceptance_checks
+
+    def table(text_benign=10.0, spoken_harmful=5.0, instructed=95.0):
+        rows = []
+        for mode in ("audio-text", "text-only", "audio-only"):
+            for label in ("harmful", "benign"):
+                plain = {("text-only", "harmful"): 90.0, ("text-only", "benign"): text_benign}.get(
+                    (mode, label), spoken_harmful if label == "harmful" else 0.0)
+                rows += [{"mode": mode, "label": label, "refusal_instruction": False, "refusal_rate": plain, "n": 10},
+                         {"mode": mode, "label": label, "refusal_instruction": True, "refusal_rate": instructed,
+                          "n": 10}]
+        return pd.DataFrame(rows)
+
+    assert acceptance_checks(table()).all() and len(acceptance_checks(table())) == 12
+    assert list(acceptance_checks(table(text_benign=20.0)).loc[lambda s: ~s].index) == [
+        "text-only: benign answered >= 85"]
+    assert (~acceptance_checks(table(spoken_harmful=55.0))).sum() == 2  # both spoken modes
+    assert (~acceptance_checks(table(instructed=80.0))).sum() == 6
 
 
 def test_separation_table_scores_p_i_per_mode_without_the_instruction():

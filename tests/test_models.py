@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 
 import pytest
@@ -68,6 +69,11 @@ def test_last_hidden_is_the_lm_head_input(tiny_adapter, mixed):
     probs = tiny_adapter.first_token_probs(mixed)
     i = tiny_adapter.refusal_token_id()
     torch.testing.assert_close(probs, torch.softmax(logits, -1)[:, i], atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(tiny_adapter.first_token_probs_forward(mixed), torch.softmax(logits, -1)[:, i],
+                               atol=1e-6, rtol=1e-4)
+    other = tiny_adapter.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    torch.testing.assert_close(tiny_adapter.first_token_probs_forward(mixed, other),
+                               torch.softmax(logits, -1)[:, other], atol=1e-6, rtol=1e-4)
 
 
 def test_refusal_token(tiny_adapter):
@@ -146,6 +152,47 @@ def test_saved_folder_loads_back_identically(kind, tmp_path, request, mixed):
     torch.testing.assert_close(loaded.hidden_states(mixed, progress=False),
                                adapter.hidden_states(mixed, progress=False), atol=0, rtol=0)
     assert weights_fingerprint(loaded.model) == weights_fingerprint(adapter.model)
+
+
+def test_omni_chat_template_is_the_processors_and_is_checked(tiny_omni_adapter, tmp_path, mixed):
+    """The hub's Qwen2.5-Omni keeps its template in the processor's chat_template.json, which
+    transformers' processor (the authors' code) reads first; a template that does not place
+    the audio as Qwen2.5-Omni does is refused by name."""
+    from rrs.models.qwen25_omni import OMNI_CHAT_TEMPLATE
+
+    adapter = tiny_omni_adapter
+    adapter.model.save_pretrained(tmp_path)
+    adapter.processor.save_pretrained(tmp_path)
+    text_only = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    (tmp_path / "chat_template.json").write_text(json.dumps({"chat_template": text_only}))
+    with pytest.raises(ValueError, match=f"{tmp_path}: its chat template does not render a spoken question"):
+        load_adapter(str(tmp_path))
+    (tmp_path / "chat_template.json").write_text(json.dumps({"chat_template": OMNI_CHAT_TEMPLATE}))
+    tokenizer_config = tmp_path / "tokenizer_config.json"
+    config = json.loads(tokenizer_config.read_text())
+    config["chat_template"] = text_only  # the tokenizer's own (text) template is not the one used
+    tokenizer_config.write_text(json.dumps(config))
+    for name in ("chat_template.jinja",):
+        (tmp_path / name).unlink(missing_ok=True)
+    assert load_adapter(str(tmp_path)).chat_texts(mixed) == adapter.chat_texts(mixed)
+
+
+def test_a_local_folder_with_damaged_weights_or_no_tokenizer_is_named(tiny_qwen2_audio_adapter, tmp_path):
+    import shutil
+
+    adapter = tiny_qwen2_audio_adapter
+    adapter.model.save_pretrained(tmp_path / "good")
+    adapter.processor.save_pretrained(tmp_path / "good")
+    cut = shutil.copytree(tmp_path / "good", tmp_path / "cut")
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:50])
+    with pytest.raises(ModelNotAvailableError, match=r"cut: the model folder cannot be loaded \(SafetensorError"):
+        load_adapter(str(cut))
+    bare = shutil.copytree(tmp_path / "good", tmp_path / "bare")
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json"):
+        (bare / name).unlink(missing_ok=True)
+    with pytest.raises(ModelNotAvailableError, match=r"bare: its tokenizer encodes no text"):
+        load_adapter(str(bare))
 
 
 def test_registry_and_errors(tmp_path, monkeypatch):

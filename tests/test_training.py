@@ -298,7 +298,19 @@ def test_a_damaged_checkpoint_is_named_not_loaded(tiny_qwen2_audio_adapter, tiny
     with pytest.raises(CheckpointError, match=r"resume/epoch_1/adapter_model\.safetensors fails its checksum"):
         train_rrs(adapter, tiny_items, features_for(adapter, tiny_items), replace(FAST, epochs=2), tmp_path / "resume",
                   progress=False, resume=True)
-    assert load_trained(adapter, good).rrs_fingerprint.endswith(meta["adapter_sha256"][:16])
+    fingerprint = load_trained(adapter, good).rrs_fingerprint
+    assert fingerprint.startswith("rrs-epoch1-")
+    # adapter_config.json changes the model as much as the weights: an edit is refused, and
+    # where no checksum was recorded (older records) it still gives another fingerprint
+    edited = shutil.copytree(good, tmp_path / "edited")
+    config = json.loads((edited / "adapter_config.json").read_text())
+    (edited / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": 4 * config["lora_alpha"]}))
+    with pytest.raises(CheckpointError, match=r"edited/adapter_config\.json was changed after training"):
+        load_trained(adapter, edited)
+    record = json.loads((edited / "rrs_checkpoint.json").read_text())
+    del record["adapter_config_sha256"]
+    (edited / "rrs_checkpoint.json").write_text(json.dumps(record))
+    assert load_trained(adapter, edited).rrs_fingerprint not in ("", fingerprint)
 
     gone = shutil.copytree(good, tmp_path / "gone")
     (gone / "adapter_model.safetensors").unlink()
@@ -372,11 +384,46 @@ def test_half_precision_models_train_as_in_float32(dtype, tiny_items, tmp_path):
 
 def test_mixed_sft_data_uses_the_vanilla_answers(tiny_qwen2_audio_adapter, tiny_items):
     adapter = tiny_qwen2_audio_adapter
-    items, responses = mixed_sft_data(adapter, tiny_items, max_new_tokens=3, progress=False)
+    items, responses, ends_turn = mixed_sft_data(adapter, tiny_items, max_new_tokens=3, progress=False)
     benign = [e for e in training_examples(tiny_items) if e.label == "benign"]
-    want = adapter.generate([e.train_input for e in benign], max_new_tokens=3, progress=False)
+    want, ended = adapter.generate_with_ends([e.train_input for e in benign], max_new_tokens=3, progress=False)
     assert [r for r, lab in zip(responses, items.label) if lab == "benign"] == want
-    assert all(r == REFUSAL_TEMPLATES[0] for r, lab in zip(responses, items.label) if lab == "harmful")
+    assert [e for e, lab in zip(ends_turn, items.label) if lab == "benign"] == ended
+    assert all(r == REFUSAL_TEMPLATES[0] and e for r, e, lab in zip(responses, ends_turn, items.label)
+               if lab == "harmful")
+
+
+def test_answers_cut_at_the_limit_are_trained_without_an_end_of_turn(tiny_qwen2_audio_adapter, tiny_items,
+                                                                     tmp_path, monkeypatch):
+    """An answer cut at max_new_tokens (it goes on when allowed more) is flagged, and SFT on
+    it must not teach the model to stop where the cut was."""
+    adapter = tiny_qwen2_audio_adapter
+    items, responses, ends_turn = mixed_sft_data(adapter, tiny_items, max_new_tokens=3, progress=False)
+    benign = [i for i, lab in enumerate(items.label) if lab == "benign"]
+    first = {e.row: e for e in reversed(training_examples(tiny_items))}
+    longer = adapter.generate([first[i].train_input for i in benign], max_new_tokens=12, progress=False)
+    assert [ends_turn[i] for i in benign] == [a == responses[i] for a, i in zip(longer, benign)]
+    assert not all(ends_turn[i] for i in benign)  # the tiny random model is cut at 3 tokens at least once
+    eot = adapter.tokenizer.convert_tokens_to_ids(adapter.end_of_turn)
+    examples = training_examples(items)
+    batch = adapter.sft_batch([e.train_input for e in examples], [responses[e.row] for e in examples],
+                              [ends_turn[e.row] for e in examples])
+    for row, e in enumerate(examples):
+        labelled = batch["labels"][row][batch["labels"][row] != -100].tolist()
+        want = adapter.tokenizer.encode(responses[e.row] + (adapter.end_of_turn if ends_turn[e.row] else ""),
+                                        add_special_tokens=False)
+        assert labelled == want and (labelled[-1] == eot) == ends_turn[e.row]
+    # the flags reach training's batches, each with its own row's response
+    seen = {}
+    make_batch = adapter.sft_batch
+
+    def recording_sft_batch(inputs, answers, flags=None):
+        seen.update(zip(answers, flags))
+        return make_batch(inputs, answers, flags)
+
+    monkeypatch.setattr(adapter, "sft_batch", recording_sft_batch)
+    train_sft(adapter, items, responses, replace(FAST, epochs=1), tmp_path / "sft", ends_turn=ends_turn, progress=False)
+    assert seen == dict(zip(responses, ends_turn))
 
 
 def test_non_finite_gradient_stops_before_a_checkpoint(tiny_qwen2_audio_adapter, tiny_items, tmp_path,

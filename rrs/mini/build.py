@@ -767,9 +767,12 @@ def build(out: Path = DEFAULT_OUT, cfg: BuildConfig = BuildConfig(), *, minutes:
 
     t0 = time.time()
     deadline = t0 + 60 * minutes if minutes else None
+    out = Path(out).resolve()
+    check_out_folder(out)  # before the build, not after 20 minutes of it
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, not {threads}")
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
-    out = Path(out).resolve()
     df = split_table(cfg)
     corpus = build_corpus(cfg, df)
     manifest = corpus.manifest()
@@ -822,6 +825,15 @@ def build(out: Path = DEFAULT_OUT, cfg: BuildConfig = BuildConfig(), *, minutes:
     return record
 
 
+def check_out_folder(out: Path) -> None:
+    """The build replaces `out` whole: refuse a file, or a folder that is not an earlier build."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a model folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "build_record.json").is_file():
+        raise ValueError(f"--out {out} holds files but no mini-LALM build (no build_record.json); the build "
+                         "would replace them: give a new or empty folder")
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m rrs.mini.build", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="model folder (default: rrs/mini/model)")
@@ -840,18 +852,35 @@ def config_from_args(args) -> BuildConfig:
     over = {}
     fields = {f: type(v) for f, v in asdict(cfg).items()}
     for item in args.set:
-        k, _, v = item.partition("=")
+        k, eq, v = item.partition("=")
         if k not in fields:
             raise SystemExit(f"rrs.mini.build: unknown config field {k!r}")
-        over[k] = json.loads(v) if fields[k] in (tuple, list, bool) else fields[k](v)
-        if fields[k] is tuple:
-            over[k] = tuple(tuple(x) if isinstance(x, list) else x for x in over[k])
+        if not eq:
+            raise SystemExit(f"rrs.mini.build: --set {item!r} gives no value (write FIELD=VALUE)")
+        kind = fields[k]
+        try:
+            value = json.loads(v) if kind in (tuple, list, bool) else kind(v)
+        except ValueError as e:  # json.JSONDecodeError is a ValueError
+            raise SystemExit(f"rrs.mini.build: --set {item!r}: not a valid {kind.__name__} ({e})") from None
+        if kind in (tuple, list) and not isinstance(value, list) or kind is bool and not isinstance(value, bool):
+            raise SystemExit(f"rrs.mini.build: --set {item!r}: expected a JSON {kind.__name__}")
+        if kind in (int, float) and not (math.isfinite(value) and value >= 0):
+            raise SystemExit(f"rrs.mini.build: --set {item!r}: expected a finite number >= 0")
+        if k.endswith(("_fraction", "_share")) and value > 1:
+            raise SystemExit(f"rrs.mini.build: --set {item!r}: a share, at most 1")
+        over[k] = tuple(tuple(x) if isinstance(x, list) else x for x in value) if kind is tuple else value
     return replace(cfg, **over)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = config_from_args(args)
+    try:
+        check_out_folder(Path(args.out).resolve())
+    except ValueError as e:
+        raise SystemExit(f"rrs.mini.build: error: {e}") from None
+    if args.threads < 1:
+        raise SystemExit(f"rrs.mini.build: error: --threads must be at least 1, not {args.threads}")
     record = build(Path(args.out), cfg, minutes=args.minutes, threads=args.threads, resume=not args.no_resume)
     val = record.pop("_val")
     if val:

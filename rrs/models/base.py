@@ -200,7 +200,7 @@ class LALMAdapter:
         return out.last_hidden_state[:, -1]
 
     def _chunks(self, inputs: Sequence, batch_size: int, progress: bool, desc: str):
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         starts = range(0, len(inputs), batch_size)
         return tqdm(starts, desc=desc, disable=not progress, leave=False, unit="batch")
@@ -241,42 +241,73 @@ class LALMAdapter:
         logits = head(h.to(self.device, head.weight.dtype)).float()
         return torch.softmax(logits, dim=-1)[:, token_id].cpu()
 
+    @torch.no_grad()
+    def first_token_probs_forward(self, inputs: Sequence[ModelInput], token_id: int | None = None,
+                                  model=None) -> torch.Tensor:
+        """[N] the same probability from the whole model's own logits (one batch, `model(**batch)`),
+        not through h(x) and the LM head: the check that those two are read at the right place."""
+        token_id = self.refusal_token_id() if token_id is None else token_id
+        model, context = self._run(model)
+        was_training = model.training
+        model.eval()
+        with context:
+            logits = model(**self.prepare(inputs)).logits[:, -1].float()
+        model.train(was_training)
+        return torch.softmax(logits, dim=-1)[:, token_id].cpu()
+
     def generation_kwargs(self) -> dict:
         pad = self.tokenizer.pad_token_id
         eos = [i for i in (self.tokenizer.convert_tokens_to_ids(self.end_of_turn), self.tokenizer.eos_token_id)
                if isinstance(i, int) and i >= 0]
         return dict(pad_token_id=pad if pad is not None else eos[0], eos_token_id=sorted(set(eos)))
 
-    @torch.no_grad()
     def generate(self, inputs: Sequence[ModelInput], max_new_tokens: int = 32, batch_size: int = 8,
                  model=None, progress: bool = True) -> list[str]:
         """Greedy answers (new text only), batched with left padding."""
+        return self.generate_with_ends(inputs, max_new_tokens, batch_size, model, progress)[0]
+
+    @torch.no_grad()
+    def generate_with_ends(self, inputs: Sequence[ModelInput], max_new_tokens: int = 32, batch_size: int = 8,
+                           model=None, progress: bool = True) -> tuple[list[str], list[bool]]:
+        """(greedy answers, whether each ended its turn within `max_new_tokens`): an answer that
+        did not was cut at the limit."""
         model, context = self._run(model)
         was_training = model.training
         model.eval()
-        answers = []
+        kwargs = self.generation_kwargs()
+        stops = torch.tensor(kwargs["eos_token_id"])
+        answers, ended = [], []
         with context:
             for s in self._chunks(inputs, batch_size, progress, f"generate {self.model_id}"):
                 batch = self.prepare(inputs[s:s + batch_size])
-                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                     num_beams=1, **self.generation_kwargs())
+                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, **kwargs)
                 new = out[:, batch["input_ids"].shape[1]:]
                 answers += self.tokenizer.batch_decode(new, skip_special_tokens=True)
+                ended += torch.isin(new.cpu(), stops).any(dim=1).tolist()
         model.train(was_training)
-        return [a.strip() for a in answers]
+        return [a.strip() for a in answers], ended
 
-    def sft_batch(self, inputs: Sequence[ModelInput], responses: Sequence[str]) -> BatchFeature:
+    def sft_batch(self, inputs: Sequence[ModelInput], responses: Sequence[str],
+                  ends_turn: Sequence[bool] | None = None) -> BatchFeature:
         """Prompt + response + end-of-turn, left padded; `labels` = the response tokens and
-        the end-of-turn token, -100 elsewhere (prompt, audio, padding)."""
+        the end-of-turn token, -100 elsewhere (prompt, audio, padding). A response whose
+        `ends_turn` is False (an answer cut at a length limit) gets no end-of-turn, so the
+        model is not taught to stop where the cut was."""
         if len(inputs) != len(responses):
             raise ValueError(f"{len(inputs)} inputs but {len(responses)} responses")
-        texts = [t + r + self.end_of_turn for t, r in zip(self.chat_texts(inputs), responses)]
+        ends_turn = [True] * len(responses) if ends_turn is None else list(ends_turn)
+        if len(ends_turn) != len(responses):
+            raise ValueError(f"{len(responses)} responses but {len(ends_turn)} ends_turn flags")
+        answers = [r + (self.end_of_turn if end else "") for r, end in zip(responses, ends_turn)]
+        texts = [t + a for t, a in zip(self.chat_texts(inputs), answers)]
         audios = [np.asarray(x.audio, dtype=np.float32) for x in inputs if x.audio is not None]
         batch = self._encode(texts, audios)
         labels = torch.full_like(batch["input_ids"], -100)
-        for i, r in enumerate(responses):
-            ids = torch.tensor(self.tokenizer.encode(r + self.end_of_turn, add_special_tokens=False))
+        for i, (r, a) in enumerate(zip(responses, answers)):
+            ids = torch.tensor(self.tokenizer.encode(a, add_special_tokens=False))
             n = len(ids)
+            if n == 0:
+                raise ValueError(f"{self.model_id}: response {i} is empty and ends no turn; nothing to train on")
             # With left padding the answer is the tail of each row; check the tokenization of
             # prompt+answer splits at the boundary so the labels are exactly the answer.
             if not torch.equal(batch["input_ids"][i, -n:].cpu(), ids):
@@ -520,16 +551,21 @@ def load_adapter(model_id_or_path: str, *, device: str = "cpu", dtype: str = "fl
         from huggingface_hub import constants
 
         local_files_only = bool(constants.HF_HUB_OFFLINE)
+    from safetensors import SafetensorError
+
     try:
-        return cls.load(source, model_id=model_id, device=device, dtype=dtype, revision=revision,
-                        local_files_only=local_files_only, trust_remote_code=trust_remote_code)
-    except OSError as err:
+        adapter = cls.load(source, model_id=model_id, device=device, dtype=dtype, revision=revision,
+                           local_files_only=local_files_only, trust_remote_code=trust_remote_code)
+    except (OSError, SafetensorError) as err:
         if isinstance(err, ModelNotAvailableError):
             raise
         if Path(source).is_dir():  # a local folder: nothing to download, its files are the problem
             raise ModelNotAvailableError(f"{source}: the model folder cannot be loaded ({type(err).__name__}: "
                                          f"{err}); check that its weight files are complete") from err
-        if source == model_id:
+        if source == model_id and isinstance(err, OSError):
             raise ModelNotAvailableError(_missing_weights_message(model_id, revision, err)) from err
         raise
+    if not adapter.tokenizer.encode("How", add_special_tokens=False):  # no tokenizer files: an empty vocabulary
+        raise ModelNotAvailableError(f"{source}: its tokenizer encodes no text (are the tokenizer files missing?)")
+    return adapter
 

@@ -117,13 +117,26 @@ class OmniAudioTextProcessor:
     def from_pretrained(cls, path_or_id, **kw):
         tokenizer = AutoTokenizer.from_pretrained(path_or_id, **kw)
         feature_extractor = WhisperFeatureExtractor.from_pretrained(path_or_id, **kw)
-        template = tokenizer.chat_template
-        if template is None:  # the hub repo keeps it in the processor's chat_template.json
-            try:
-                template = json.loads(Path(cached_file(path_or_id, "chat_template.json", **kw)).read_text())["chat_template"]
-            except (OSError, KeyError, TypeError):
-                template = OMNI_CHAT_TEMPLATE
-        return cls(tokenizer, feature_extractor, template)
+        # the processor's own template first, as transformers' Qwen2_5OmniProcessor (the authors'
+        # code) reads it; the hub repo keeps it in chat_template.json
+        try:
+            template = json.loads(Path(cached_file(path_or_id, "chat_template.json", **kw)).read_text())["chat_template"]
+        except (OSError, KeyError, TypeError, ValueError):
+            template = tokenizer.chat_template or OMNI_CHAT_TEMPLATE
+        processor = cls(tokenizer, feature_extractor, template)
+        processor.check_template(path_or_id)
+        return processor
+
+    def check_template(self, source) -> None:
+        """Refuse a chat template that does not place a spoken question as Qwen2.5-Omni expects
+        (one audio placeholder between its markers, then the text, then the assistant's turn)."""
+        probe = [{"role": "system", "content": "S"},  # as LALMAdapter.conversation writes one
+                 {"role": "user", "content": [{"type": "audio", "audio_url": "<waveform>"}, {"type": "text", "text": "Q?"}]}]
+        text = self.apply_chat_template([probe])[0]
+        want = "<|audio_bos|><|AUDIO|><|audio_eos|>Q?<|im_end|>\n<|im_start|>assistant\n"
+        if want not in text:
+            raise ValueError(f"{source}: its chat template does not render a spoken question as Qwen2.5-Omni's "
+                             f"does (expected ...{want!r}; got {text[-160:]!r})")
 
 
 def build_qwen25_omni_processor(tokenizer, *, window_seconds: float = 30, num_mel_bins: int = 128) -> OmniAudioTextProcessor:
