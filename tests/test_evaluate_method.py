@@ -297,3 +297,20 @@ def test_the_committed_summary_is_made_from_the_committed_results():
     with pytest.raises(ValueError, match="compares every method with 'vanilla'"):
         report.make_summary(long, test, methods=["rrs"], test_set="paper_test", model="mini-lalm", profile="mini",
                             seed=0, judge=PhraseJudge(), provenance={})
+
+
+def test_evaluate_methods_times_each_method_and_reuses_verdicts(tiny_qwen2_audio_adapter, questions, profile):
+    from rrs import stages
+
+    judge = ev.PhraseJudge()
+    first_rows, first = stages.evaluate_methods(tiny_qwen2_audio_adapter, questions, profile, 0, ["vanilla"],
+                                                test_sets=["paper_test"], judge=judge, model_name="tiny",
+                                                progress=False)
+    n_judged = 4 * 3  # four paper_test questions in three modes
+    assert len(first_rows) == n_judged and list(first.method) == ["vanilla"] and first.checkpoint[0] == "-"
+    assert (first.generated[0], first.reused[0]) == (n_judged, 0)
+    again_rows, again = stages.evaluate_methods(tiny_qwen2_audio_adapter, questions, profile, 0, ["vanilla"],
+                                                test_sets=["paper_test"], judge=judge, model_name="tiny",
+                                                progress=False)
+    assert (again.generated[0], again.reused[0]) == (0, n_judged)
+    assert [r["verdict"] for r in again_rows] == [r["verdict"] for r in first_rows]

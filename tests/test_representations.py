@@ -86,3 +86,18 @@ def test_tsne_is_deterministic():
 def test_mean_distance():
     h = torch.tensor([[3.0, 4.0], [0.0, 0.0], [0.0, 2.0]])
     assert mean_distance(h, torch.zeros(2)) == pytest.approx((5 + 0 + 2) / 3)
+
+
+def test_probe_table_gives_the_floor_a_probe_must_beat():
+    from rrs.representations import probe_table
+
+    rng = np.random.default_rng(0)
+    labels = np.array(["harmful"] * 12 + ["benign"] * 18)
+    apart = torch.tensor(np.r_[rng.normal(3, 1, (12, 4)), rng.normal(-3, 1, (18, 4))], dtype=torch.float32)
+    same = torch.tensor(rng.normal(0, 1, (30, 4)), dtype=torch.float32)
+    table = probe_table({"apart": apart, "same": same}, labels, seed=0).set_index("key")
+    assert table.loc["apart", "probe_accuracy"] == 1.0 and table.loc["apart", "centroid_gap"] > 2
+    assert (table.majority_accuracy == 0.6).all() and (table.n_harmful == 12).all() and (table.n_benign == 18).all()
+    assert table.loc["same", "centroid_gap"] < 0.5
+    with pytest.raises(ValueError, match="same: 29 representations but 30 labels"):
+        probe_table({"same": same[:29]}, labels)

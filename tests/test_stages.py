@@ -241,6 +241,34 @@ def test_load_method_and_representations(adapter, questions, P):
                                atol=1e-6, rtol=1e-5)
 
 
+def test_shift_tables_of_notebooks_03_and_04(adapter, questions, P):
+    """±δ moves the "I" logit of every question by exactly w_I·δ (the LM head is linear), and
+    the representation-shift table reads each mode's rows and centroid."""
+    from rrs.representations import mean_distance
+
+    train = stages.train_questions(questions)
+    h = stages.representations(adapter, train, "audio-text", progress=False)
+    masks = {"c>0": stages.safety_features(adapter, questions, P, 0, progress=False),
+             "25": stages.safety_features(adapter, questions, P, 0, top_m=25, progress=False)}
+    shift = stages.delta_shift_table(adapter, h, train.label, masks).set_index("mask")
+    for name, f in masks.items():
+        w_dot_delta = float(adapter.refusal_token_row() @ f.direction)
+        assert shift.loc[name, "logit_up_min"] == pytest.approx(w_dot_delta, rel=1e-4)
+        assert shift.loc[name, "logit_down_max"] == pytest.approx(-w_dot_delta, rel=1e-4)
+        assert shift.loc[name, "p_I_harmful+δ"] > shift.loc[name, "p_I_harmful"]
+
+    labels = train.label.to_numpy()
+    h_other = {mode: h * (1 + i) for i, mode in enumerate(("audio-text", "text-only"))}
+    centroids = {mode: torch.zeros(adapter.hidden_size) for mode in h_other}
+    table = stages.representation_shift(adapter, {m: h for m in h_other}, h_other, centroids, labels, None)
+    assert list(table["mode"]) == ["audio-text", "audio-text", "text-only", "text-only"]
+    assert list(table.n) == [int((labels == "harmful").sum()), int((labels == "benign").sum())] * 2
+    same = table[table["mode"] == "audio-text"]
+    assert (same.p_I_vanilla == same.p_I_rrs).all() and (same.dist_vanilla == same.dist_rrs).all()
+    benign_text = table[(table["mode"] == "text-only") & (table.label == "benign")].iloc[0]
+    assert benign_text.dist_rrs == pytest.approx(2 * mean_distance(h[labels == "benign"], torch.zeros(1)))
+
+
 def test_training_items_and_splits(questions):
     items = stages.training_items(questions, "parallel", seed=0)
     assert set(items["split"]) == {"train"} and items.groupby("modality").size().to_dict() == {"audio": 6, "text": 6}

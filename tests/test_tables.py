@@ -214,3 +214,33 @@ def test_over_rejection_increase_is_mean_of_mode_differences():
         tables.over_rejection_increase(df[df["mode"] != "audio-only"], "rrs", test_set="paper_test")
     with pytest.raises(ValueError, match="several models"):
         tables.over_rejection_increase(pd.concat([df, df.assign(model="m2")]), "rrs", test_set="paper_test")
+
+
+def test_rate_and_change_from_vanilla_read_the_right_cells():
+    df = long_df()
+    assert tables.rate(df, "rrs", "audio-only") == ASR["rrs"][2]
+    assert tables.rate(df, "sft", "text-only", "over_rejection") == OR["sft"][1]
+    with pytest.raises(ValueError, match="found 0"):
+        tables.rate(df, "rrs", "audio-only", test_set="advbench")
+    with pytest.raises(ValueError, match="found 2"):
+        tables.rate(pd.concat([df, df.assign(model="m2")]), "rrs", "audio-only")
+    assert tables.rate(pd.concat([df, df.assign(model="m2", value=0.0)]), "rrs", "audio-only", model="m") == 9.0
+    change = tables.change_from_vanilla(df, ["vanilla", "rrs", "sft"], metrics=("asr",))
+    assert list(change.columns) == ["rrs", "sft"] and set(change.index.get_level_values("metric")) == {"asr"}
+    for i, mode in enumerate(MODES):
+        assert change.loc[("paper_test", "asr", mode), "sft"] == pytest.approx(ASR["sft"][i] - ASR["vanilla"][i])
+
+
+def test_training_tradeoff_per_epoch():
+    df = pd.concat([long_df(("vanilla", "rrs")), long_df(("sft",)).assign(method="rrs_epoch2")])
+    mse = pd.DataFrame({"epoch": [0, 1, 2], "mse": [3.0, 2.0, 1.0], "mse_harmful": [4.0, 3.0, 2.5],
+                        "mse_benign": [2.0, 1.0, 0.5]}).set_index("epoch")
+    by_epoch = {0: "vanilla", 1: "rrs", 2: "rrs_epoch2"}
+    out = tables.training_tradeoff(df, by_epoch, mse, test_set="paper_test")
+    assert list(out.epoch) == [0, 1, 2]
+    assert out.loc[0, "ASR change audio-text"] == 0 and out.loc[0, "over-rejection increase"] == 0
+    assert out.loc[1, "ASR change audio-only"] == pytest.approx(ASR["rrs"][2] - ASR["vanilla"][2])
+    assert out.loc[2, "over-rejection increase"] == pytest.approx(18.0)  # the sft numbers, as epoch 2
+    assert list(out["... harmful"]) == [4.0, 3.0, 2.5] and list(out["training MSE"]) == [3.0, 2.0, 1.0]
+    with pytest.raises(ValueError, match="training MSE for epochs"):
+        tables.training_tradeoff(df, by_epoch, mse.iloc[:2], test_set="paper_test")
