@@ -130,6 +130,24 @@ def validate(wav: np.ndarray, sr: int = SAMPLE_RATE, *, max_seconds: float | Non
     return wav.astype(np.float32, copy=False)
 
 
+def load_waveform(audio, *, max_seconds: float | None = None) -> np.ndarray | None:
+    """An item's audio as 16 kHz mono float32: an array as is, a path read (load_audio), None
+    (or NaN, a table's empty cell) as None."""
+    if audio is None or (isinstance(audio, float) and np.isnan(audio)):
+        return None
+    if isinstance(audio, (str, Path)):
+        return load_audio(audio, max_seconds=max_seconds)
+    return np.asarray(audio, dtype=np.float32)
+
+
+def row_audio(row, *, max_seconds: float | None = None) -> np.ndarray | None:
+    """A table row's waveform: its `audio` (array or path), else its `audio_path`."""
+    audio = getattr(row, "audio", None)
+    if audio is None or (isinstance(audio, float) and np.isnan(audio)):
+        audio = getattr(row, "audio_path", None)
+    return load_waveform(audio, max_seconds=max_seconds)
+
+
 def load_audio(path: str | Path, *, max_seconds: float | None = None) -> np.ndarray:
     """Read a user's audio file as 16 kHz mono float32.
 

@@ -422,7 +422,9 @@ def check_texts(df: pd.DataFrame) -> None:
 
 def model_inputs(df: pd.DataFrame, mode: str, *, prompt: str | None = None,
                  refusal: bool = False, max_seconds: float | None = None) -> list:
-    """ModelInputs (rrs.modes) for every row of a prepared table in one mode."""
+    """ModelInputs (rrs.modes) for every row of a table in one mode: its text, and in the audio
+    modes its `audio` (array or path) or `audio_path` (rrs.audio.row_audio). The one builder of
+    model inputs from a table (rrs.representations.question_inputs gives it the H0 prompt)."""
     from . import audio
     from .modes import build_input, check_mode
 
@@ -437,7 +439,7 @@ def model_inputs(df: pd.DataFrame, mode: str, *, prompt: str | None = None,
             if not getattr(row, "fits_window", True):
                 raise audio.AudioError(f"question {row.id}: its clip does not fit the "
                                        "model's window; it cannot be used in audio modes")
-            wav = audio.load_audio(row.audio_path, max_seconds=max_seconds)
+            wav = audio.row_audio(row, max_seconds=max_seconds)
         inputs.append(build_input(row.text, wav, mode, prompt=prompt, refusal=refusal))
     return inputs
 

@@ -897,12 +897,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--out", required=True, help="output folder (verdict JSONL files + summary.json)")
     ap.add_argument("--method", default=None,
                     help="method label (default: vanilla, or the kind the checkpoint records, e.g. rrs)")
+    ap.add_argument("--device", default="cpu", help="where the model runs, e.g. cuda or cuda:1 (default: cpu)")
+    ap.add_argument("--dtype", default="float32", help="float32, bfloat16 (the paper profile's) or float16")
     ap.add_argument("--revision", default=None, help="hub revision (commit) of --model")
     ap.add_argument("--trust-remote-code", action="store_true",
                     help="allow a model that runs code from its hub repository (Qwen-Audio-Chat); pin --revision")
     ap.add_argument("--judge-list", default=None, help="refusal-phrase list (default: the bundled v1)")
-    ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=32,
+                    help="answer length (default 32; the notebooks use their profile's: mini 24, paper 64)")
+    ap.add_argument("--batch-size", type=int, default=16,
+                    help="questions per batch (default 16; the notebooks use their profile's: mini 64)")
     ap.add_argument("--store-generations", action="store_true", help="also store full responses (may hold harmful text)")
     ap.add_argument("--no-capability", action="store_true", help="skip the mini template capability score")
     ap.add_argument("--no-progress", action="store_true")
@@ -941,7 +945,8 @@ def run(argv=None) -> dict:
                 raise FileNotFoundError(f"{args.questions}: question {qid}: no such audio file {path}")
 
     from .models import load_adapter  # lazy: heavy imports
-    adapter = load_adapter(args.model, revision=args.revision, trust_remote_code=args.trust_remote_code)
+    adapter = load_adapter(args.model, device=args.device, dtype=args.dtype, revision=args.revision,
+                           trust_remote_code=args.trust_remote_code)
     load_audio = _audio_loader(max_seconds=audio_window_seconds(adapter))
     if spoken:
         for _, row in questions.iterrows():  # every clip, given or spoken, is checked before anything is judged
@@ -966,6 +971,7 @@ def run(argv=None) -> dict:
                                               .to_dict(orient="records")),
         "clips_checksum": clips_digest(questions, load_audio) if spoken else None,
         "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
+        "device": args.device, "dtype": args.dtype,
         "store_generations": args.store_generations,
         "git_commit": rio.git_commit(), "platform": rio.compute_platform(),
     }

@@ -19,7 +19,8 @@ TABLES = [
     ("table3_top_m", "Table 3 · Top-m% ablation", "06_ablations"),
     ("table4_structures", "Table 4 · Dataset-structure ablation", "06_ablations"),
     ("ablation_answer_agreement", "Test answers of each ablation variant that differ from RRS's", "06_ablations"),
-    ("table5_data_statistics", "Table 5 · Data statistics", "01_dataset_construction"),
+    ("table5_data_statistics", "Table 5 · Data statistics (split `excluded`: the one released pair whose "
+     "\"benign twin\" is the harmful question itself, used nowhere)", "01_dataset_construction"),
     ("mini_lalm_behaviour", "The vanilla mini model's refusal rates (%)", "00_mini_lalm"),
     ("rrs_representation_shift", "Representation shift after RRS", "04_rrs_training"),
     ("rrs_training_length", "RRS by training length (epochs)", "06_ablations"),
@@ -127,7 +128,6 @@ def make_summary(long, test, *, methods, test_set: str, model: str, profile: str
         headline["RRS_ASR_vs_vanilla"] = ", ".join(
             f"{mode} {numbers['vanilla']['asr'][mode]:.1f} -> {value[('rrs', mode, t, 'asr')]:.1f} % "
             f"({_signed(asr[mode])} points)" for mode in MODES)
-        headline["RRS_text-only_ASR_change"] = f"{_signed(asr['text-only'])} points"
     for m in methods:
         if m != "vanilla":
             extra = (f" (the paper's abstract: +{PAPER_OVER_REJECTION_INCREASE} for RRS on its models)"

@@ -17,7 +17,7 @@ import torch
 
 from .features import SafetyFeatures
 from .io import atomic_path
-from .modes import H0_PROMPT, ModelInput, build_input
+from .modes import H0_PROMPT, ModelInput
 from .paths import cache_dir
 
 
@@ -69,11 +69,10 @@ def extract(adapter, inputs: Sequence[ModelInput], *, cache_key_parts: dict, bat
 
 
 def question_inputs(items, mode: str, *, prompt: str | None = H0_PROMPT, refusal: bool = False) -> list[ModelInput]:
-    """ModelInputs for the rows of a DataFrame with columns text and audio (array or path)."""
-    from .training import row_audio
+    """The inputs h(x) is read from: rrs.data.model_inputs with the H0 prompt by default."""
+    from .data import model_inputs
 
-    return [build_input(row.text, row_audio(row) if mode != "text-only" else None, mode,
-                        prompt=prompt, refusal=refusal) for row in items.itertuples()]
+    return model_inputs(items, mode, prompt=prompt, refusal=refusal)
 
 
 def safety_features(adapter, items, *, mode: str = "audio-text", top_m: float | None = None,

@@ -23,7 +23,6 @@ fingerprint and the safety mask, and refuse to load or resume for another model 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -44,6 +43,7 @@ from safetensors import SafetensorError
 
 from . import __version__
 from . import io as rio
+from .audio import row_audio
 from .features import SafetyFeatures, rrs_targets
 from .modes import H0_PROMPT, TRAINING_PROMPTS, ModelInput, build_input
 from .profiles import Profile, TrainConfig
@@ -77,25 +77,6 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # what pef
 
 
 # -- data ------------------------------------------------------------------------------
-
-def load_waveform(audio) -> np.ndarray | None:
-    """An item's audio as 16 kHz mono float32: an array as is, a path read from disk."""
-    if audio is None or (isinstance(audio, float) and np.isnan(audio)):
-        return None
-    if isinstance(audio, (str, Path)):
-        from .audio import load_audio
-
-        return load_audio(audio)
-    return np.asarray(audio, dtype=np.float32)
-
-
-def row_audio(row):
-    """A table row's waveform: its `audio` (array or path), else its `audio_path`."""
-    audio = getattr(row, "audio", None)
-    if audio is None or (isinstance(audio, float) and np.isnan(audio)):
-        audio = getattr(row, "audio_path", None)
-    return load_waveform(audio)
-
 
 @dataclass(frozen=True)
 class Example:

@@ -451,7 +451,8 @@ def test_cli_end_to_end_with_checkpoint(tmp_path, fake_stack):
     summary = ev.run(["--model", "fake-lalm", "--adapter", str(ckpt), "--questions", str(qfile),
                       "--modes", "audio-only,text-only", "--out", str(out), "--no-progress"])
     assert fake_stack["checkpoint"] == str(ckpt)
-    assert fake_stack["load_options"] == {"revision": None, "trust_remote_code": False}
+    assert fake_stack["load_options"] == {"device": "cpu", "dtype": "float32", "revision": None,
+                                          "trust_remote_code": False}
     assert summary["method"] == "rrs" and summary["judges"] == [{"name": "rrs-refusal-phrases", "version": "1"}]
     import torch
 
@@ -472,9 +473,11 @@ def test_cli_names_the_method_the_checkpoint_records(tmp_path, fake_stack):
             "--no-progress"]
     assert ev.run(args + ["--out", str(tmp_path / "a")])["method"] == "sft_mixed"
     assert json.loads((tmp_path / "a" / "summary.json").read_text())["clips_checksum"] is None  # no audio mode
-    assert ev.run(args + ["--out", str(tmp_path / "b"), "--method", "mine", "--revision", "abc123",
-                          "--trust-remote-code"])["method"] == "mine"
-    assert fake_stack["load_options"] == {"revision": "abc123", "trust_remote_code": True}
+    summary = ev.run(args + ["--out", str(tmp_path / "b"), "--method", "mine", "--revision", "abc123",
+                             "--trust-remote-code", "--device", "cuda:1", "--dtype", "bfloat16"])
+    assert summary["method"] == "mine" and (summary["device"], summary["dtype"]) == ("cuda:1", "bfloat16")
+    assert fake_stack["load_options"] == {"device": "cuda:1", "dtype": "bfloat16", "revision": "abc123",
+                                          "trust_remote_code": True}
     (ckpt / "rrs_checkpoint.json").write_text("not json")
     assert ev.checkpoint_kind(ckpt) == "epoch_3"
 

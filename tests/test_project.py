@@ -338,7 +338,7 @@ def test_readme_current_state_quotes_the_committed_tables():
     from rrs.tables import over_rejection_increase
 
     text = re.sub(r"\s+", " ", (REPO_ROOT / "README.md").read_text())
-    state = text[text.index("**Current state of the `mini` reproduction"):text.index("## Notebooks")]
+    state = text[text.index("## Current state of the `mini` reproduction"):text.index("## Notebooks")]
     long = pd.read_csv(REPO_ROOT / "tables" / "results_long.csv")
     results = long[long.model == "mini-lalm"].set_index(["method", "mode", "test_set", "metric"])
     behaviour = pd.read_csv(REPO_ROOT / "tables" / "mini_lalm_behaviour.csv").set_index(
@@ -384,6 +384,10 @@ def test_readme_current_state_quotes_the_committed_tables():
         *(increase(m) for m in ("rrs_basic", "rrs_mirror_half", "rrs"))))
     for claim in claims:
         assert claim in state, f"README 'Current state' does not say (or no longer says) {claim!r}"
+    status = text[text.index("**Status, in brief.**"):text.index("## Quick start")]
+    drops = [rate("vanilla", m, "asr") - rate("rrs", m, "asr") for m in ("audio-text", "audio-only")]
+    for claim in (f"(+{increase('rrs'):.1f} points on average", f"by {min(drops):.0f}-{max(drops):.0f} points"):
+        assert claim in status, f"README 'Status, in brief' does not say {claim!r}"
     # p("I") of harmful test questions: the table keeps 4 decimals, the README 3 (0.2375 may read 0.238)
     representations = state[state.index("*Representations*"):]
     for mode in ("audio-text", "audio-only", "text-only"):
@@ -393,14 +397,15 @@ def test_readme_current_state_quotes_the_committed_tables():
         assert [float(x) for x in said.groups()] == pytest.approx([row.p_I_vanilla, row.p_I_rrs], abs=6e-4), mode
 
 
-def test_readme_training_length_losses_are_the_committed_ones():
-    """The "Not a matter of training longer" bullet types the training-set MSE of notebook 06's
-    run; every such number (3 decimals, above 1) must be in tables/rrs_training_tradeoff.csv."""
+def test_docs_training_length_losses_are_the_committed_ones():
+    """The "Not a matter of training longer" finding (docs/mini_model.md, "Findings in brief")
+    types the training-set MSE of notebook 06's run; every such number (3 decimals, above 1)
+    must be in tables/rrs_training_tradeoff.csv."""
     import re
 
     import pandas as pd
 
-    text = re.sub(r"\s+", " ", (REPO_ROOT / "README.md").read_text())
+    text = re.sub(r"\s+", " ", (REPO_ROOT / "docs" / "mini_model.md").read_text())
     start = text.index("*Not a matter of training longer*")
     bullet = text[start:text.index("- *", start + 5)]
     said = {float(x) for x in re.findall(r"\b[12]\.\d{3}\b", bullet)}
