@@ -243,21 +243,12 @@ def over_rejection_increase(long_df: pd.DataFrame, method: str, baseline: str = 
     """Mean over `modes` of (method - baseline) over-rejection on `test_set`, in points.
 
     The paper's headline quantity (+0.88 for RRS, KNOWN from the abstract)."""
-    df = long_df[(long_df["metric"] == "over_rejection") & (long_df["test_set"] == test_set)]
-    if model is not None:
-        df = df[df["model"] == model]
-    elif df["model"].nunique() > 1:
-        raise ValueError(f"several models in the results ({sorted(df['model'].unique())}); pass model=")
-    diffs = []
-    for mode in modes:
-        vals = {}
-        for m in (method, baseline):
-            v = df[(df["method"] == m) & (df["mode"] == mode)]["value"]
-            if len(v) != 1:
-                raise ValueError(f"need exactly one over_rejection result for method={m!r}, mode={mode!r}, "
-                                 f"test_set={test_set!r}; found {len(v)}")
-            vals[m] = float(v.iloc[0])
-        diffs.append(vals[method] - vals[baseline])
+    if model is None:
+        models = long_df.loc[(long_df["metric"] == "over_rejection") & (long_df["test_set"] == test_set), "model"]
+        if models.nunique() > 1:
+            raise ValueError(f"several models in the results ({sorted(models.unique())}); pass model=")
+    diffs = [rate(long_df, method, mode, "over_rejection", test_set=test_set, model=model)
+             - rate(long_df, baseline, mode, "over_rejection", test_set=test_set, model=model) for mode in modes]
     return sum(diffs) / len(diffs)
 
 

@@ -332,14 +332,14 @@ def read_checkpoint_meta(checkpoint_dir) -> dict:
     return meta
 
 
-def _adapter_sha256(checkpoint_dir: Path) -> str:
-    return rio.sha256_file(Path(checkpoint_dir) / "adapter_model.safetensors")
+# record key -> (file, what a mismatch means). adapter_config.json is checked as the weights are:
+# its rank, alpha and target modules change the model as much as they do.
+ADAPTER_CHECKSUMS = {"adapter_sha256": ("adapter_model.safetensors", "fails its checksum"),
+                     "adapter_config_sha256": ("adapter_config.json", "was changed after training")}
 
 
-def _adapter_config_sha256(checkpoint_dir: Path) -> str:
-    """Of adapter_config.json: its rank, alpha and target modules change the model as much as
-    the weights do."""
-    return rio.sha256_file(Path(checkpoint_dir) / "adapter_config.json")
+def _adapter_checksums(checkpoint_dir: Path) -> dict[str, str]:
+    return {key: rio.sha256_file(Path(checkpoint_dir) / name) for key, (name, _) in ADAPTER_CHECKSUMS.items()}
 
 
 def check_checkpoint_files(checkpoint_dir) -> dict:
@@ -351,17 +351,13 @@ def check_checkpoint_files(checkpoint_dir) -> dict:
     missing = [f for f in ADAPTER_FILES if not (checkpoint_dir / f).is_file()]
     if missing:  # peft would look for them on the hub
         raise CheckpointError(f"{checkpoint_dir} is an incomplete checkpoint (missing {missing})")
-    weights = _adapter_sha256(checkpoint_dir)
-    recorded = meta.get("adapter_sha256", weights)
-    if recorded != weights:
-        raise CheckpointError(f"{checkpoint_dir}/adapter_model.safetensors fails its checksum "
-                              f"(sha256 {weights[:12]}..., recorded {str(recorded)[:12]}...)")
-    config = _adapter_config_sha256(checkpoint_dir)
-    recorded = meta.get("adapter_config_sha256", config)
-    if recorded != config:
-        raise CheckpointError(f"{checkpoint_dir}/adapter_config.json was changed after training "
-                              f"(sha256 {config[:12]}..., recorded {str(recorded)[:12]}...)")
-    return {**meta, "adapter_sha256": weights, "adapter_config_sha256": config}
+    found = _adapter_checksums(checkpoint_dir)
+    for key, (name, mismatch) in ADAPTER_CHECKSUMS.items():
+        recorded = meta.get(key, found[key])
+        if recorded != found[key]:
+            raise CheckpointError(f"{checkpoint_dir}/{name} {mismatch} "
+                                  f"(sha256 {found[key][:12]}..., recorded {str(recorded)[:12]}...)")
+    return {**meta, **found}
 
 
 def _save_epoch(peft_model, out_dir: Path, epoch: int, meta: dict) -> Path:
@@ -369,8 +365,7 @@ def _save_epoch(peft_model, out_dir: Path, epoch: int, meta: dict) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".epoch_{epoch}.", dir=out_dir))
     try:
         peft_model.save_pretrained(tmp, save_embedding_layers=False)  # no hub lookup of the base config
-        rio.write_json(tmp / CHECKPOINT_META, {**meta, "epoch": epoch, "adapter_sha256": _adapter_sha256(tmp),
-                                               "adapter_config_sha256": _adapter_config_sha256(tmp)})
+        rio.write_json(tmp / CHECKPOINT_META, {**meta, "epoch": epoch, **_adapter_checksums(tmp)})
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -721,7 +716,7 @@ def load_trained(adapter, checkpoint_dir, features: SafetyFeatures | None = None
     if features is not None:
         _check_meta(meta, {"top_m": features.top_m, "direction_hash": features.direction_hash}, checkpoint_dir,
                     keys=("top_m", "direction_hash"))
-    weights = rio.sha256_json([meta["adapter_sha256"], meta["adapter_config_sha256"]])
+    weights = rio.sha256_json([meta[key] for key in ADAPTER_CHECKSUMS])
     try:
         with _peft_wrapping():
             peft_model = PeftModel.from_pretrained(adapter.model, str(checkpoint_dir), is_trainable=False).eval()

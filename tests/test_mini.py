@@ -169,7 +169,7 @@ def test_load_errors(tmp_path):
 def test_build_command_refuses_bad_settings_and_a_foreign_out_folder(tmp_path):
     """Checked before any training: a bad --set value, --threads 0, or an --out folder that the
     build would replace although it holds no earlier build."""
-    from rrs.mini.build import check_out_folder, config_from_args, main, parse_args
+    from rrs.mini.build import check_build_target, config_from_args, main, parse_args
 
     for item, message in (("mixed_steps", "gives no value"), ("mixed_steps=abc", "not a valid int"),
                           ("voices=en-us", "not a valid tuple"), ("voices=5", "expected a JSON tuple"),
@@ -187,11 +187,11 @@ def test_build_command_refuses_bad_settings_and_a_foreign_out_folder(tmp_path):
     assert (notes / "notes.txt").read_text() == "keep me"
     with pytest.raises(SystemExit, match="--threads must be at least 1"):
         main(["--out", str(tmp_path / "new"), "--threads", "0"])
-    check_out_folder(tmp_path / "new")  # a new folder, an empty one, or an earlier build are fine
+    check_build_target(tmp_path / "new", 2)  # a new folder, an empty one, or an earlier build are fine
     (tmp_path / "empty").mkdir()
-    check_out_folder(tmp_path / "empty")
+    check_build_target(tmp_path / "empty", 2)
     (notes / "build_record.json").write_text("{}")
-    check_out_folder(notes)
+    check_build_target(notes, 2)
 
 
 def test_loading_under_transformers_4_names_the_environment_it_needs(monkeypatch):

@@ -768,9 +768,7 @@ def build(out: Path = DEFAULT_OUT, cfg: BuildConfig = BuildConfig(), *, minutes:
     t0 = time.time()
     deadline = t0 + 60 * minutes if minutes else None
     out = Path(out).resolve()
-    check_out_folder(out)  # before the build, not after 20 minutes of it
-    if threads < 1:
-        raise ValueError(f"threads must be at least 1, not {threads}")
+    check_build_target(out, threads)  # before the build, not after 20 minutes of it
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
     df = split_table(cfg)
@@ -825,8 +823,11 @@ def build(out: Path = DEFAULT_OUT, cfg: BuildConfig = BuildConfig(), *, minutes:
     return record
 
 
-def check_out_folder(out: Path) -> None:
-    """The build replaces `out` whole: refuse a file, or a folder that is not an earlier build."""
+def check_build_target(out: Path, threads: int) -> None:
+    """The build replaces `out` whole: refuse a file, or a folder that is not an earlier build;
+    and a thread count below 1."""
+    if threads < 1:
+        raise ValueError(f"--threads must be at least 1, not {threads}")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a model folder")
     if out.is_dir() and any(out.iterdir()) and not (out / "build_record.json").is_file():
@@ -876,11 +877,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = config_from_args(args)
     try:
-        check_out_folder(Path(args.out).resolve())
+        check_build_target(Path(args.out).resolve(), args.threads)
     except ValueError as e:
         raise SystemExit(f"rrs.mini.build: error: {e}") from None
-    if args.threads < 1:
-        raise SystemExit(f"rrs.mini.build: error: --threads must be at least 1, not {args.threads}")
     record = build(Path(args.out), cfg, minutes=args.minutes, threads=args.threads, resume=not args.no_resume)
     val = record.pop("_val")
     if val:
