@@ -189,14 +189,18 @@ class ModelJudge:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from .models.base import GREEDY, transformers_major
+
         if not hasattr(self, "_model"):
             device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
             self._tok = AutoTokenizer.from_pretrained(self.model_id)
             self._tok.padding_side = "left"
             if self._tok.pad_token is None:
                 self._tok.pad_token = self._tok.eos_token
+            # transformers 4 (Qwen-Audio-Chat's environment) names the keyword torch_dtype
+            dtype_keyword = "dtype" if transformers_major() >= 5 else "torch_dtype"
             self._model = AutoModelForCausalLM.from_pretrained(
-                self.model_id, dtype=getattr(torch, self.dtype)).to(device).eval()
+                self.model_id, **{dtype_keyword: getattr(torch, self.dtype)}).to(device).eval()
         outs = []
         for i in range(0, len(conversations), self.batch_size):
             texts = [self._tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
@@ -204,7 +208,7 @@ class ModelJudge:
             enc = self._tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
             enc = enc.to(self._model.device)
             with torch.no_grad():
-                gen = self._model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
+                gen = self._model.generate(**enc, max_new_tokens=self.max_new_tokens, **GREEDY,
                                            pad_token_id=self._tok.pad_token_id)
             outs += self._tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         return outs

@@ -58,7 +58,7 @@ def safety_mask(c: torch.Tensor, top_m: float | None = None) -> torch.Tensor:
     if not (isinstance(top_m, (int, float)) and 0 < top_m <= 100):
         raise ValueError(f"top_m must be in (0, 100] (a percentage of features) or None, got {top_m!r}")
     hidden = c.shape[0]
-    k = math.ceil(round(top_m * hidden / 100, 9))  # round: 51 * 100 / 100 must give 51, not 52
+    k = math.ceil(round(top_m * hidden / 100, 9))  # round: 16.1 * 1000 / 100 is 161.00000000000003
     order = torch.sort(c, descending=True, stable=True).indices
     mask = torch.zeros(hidden, dtype=torch.bool, device=c.device)
     mask[order[:k]] = True

@@ -217,6 +217,16 @@ def representations(adapter, rows: pd.DataFrame, mode: str, *, refusal: bool = F
     return extract(adapter, inputs, cache_key_parts=parts, batch_size=batch_size, progress=progress, model=model)
 
 
+def check_tolerance(adapter, atol: float, rtol: float) -> dict:
+    """assert_close tolerances for the notebooks' checks that two computations of the same
+    numbers agree: the given ones in float32; in bfloat16 / float16 at least 3e-2, since one
+    rounding step of a half-precision logit near 20 is 0.125 (up to 0.03 of a probability) and
+    a GPU may round a matrix product of another shape differently."""
+    if adapter.dtype == torch.float32:
+        return dict(atol=atol, rtol=rtol)
+    return dict(atol=max(atol, 3e-2), rtol=max(rtol, 3e-2))
+
+
 @torch.no_grad()
 def refusal_token_probs(adapter, h: torch.Tensor, model=None) -> torch.Tensor:
     """[N] probability of "I" as the first response token, from representations h(x) (the

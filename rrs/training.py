@@ -375,19 +375,19 @@ def _save_epoch(peft_model, out_dir: Path, epoch: int, meta: dict) -> Path:
     return final
 
 
-def _rng_state() -> dict:
+def _rng_state(device: torch.device) -> dict:
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":  # the training GPU's only: a resume may see another number of GPUs
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def _set_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def _load_lora_weights(peft_model, checkpoint_dir: Path) -> None:
@@ -449,7 +449,7 @@ def _fit(adapter, peft_model, examples, step_fn: Callable, *, cfg: TrainConfig, 
         _check_meta(state["meta"], meta, state_path)
         _load_lora_weights(peft_model, out_dir / f"epoch_{state['epoch']}")
         opt.load_state_dict(state["optimizer"])
-        _set_rng_state(state["rng"])
+        _set_rng_state(state["rng"], adapter.device)
         start, log, evals = state["epoch"] + 1, state["log"], state.get("evals", [])
     else:  # a fresh run replaces this folder's earlier checkpoints, never other files
         for old in out_dir.iterdir():
@@ -500,8 +500,8 @@ def _fit(adapter, peft_model, examples, step_fn: Callable, *, cfg: TrainConfig, 
             rio.write_json(out_dir / evaluate_file, evals)
         _save_epoch(peft_model, out_dir, epoch, meta)
         with rio.atomic_path(state_path) as tmp:
-            torch.save({"epoch": epoch, "meta": meta, "optimizer": opt.state_dict(), "rng": _rng_state(), "log": log,
-                        "evals": evals}, tmp)
+            torch.save({"epoch": epoch, "meta": meta, "optimizer": opt.state_dict(), "rng": _rng_state(adapter.device),
+                        "log": log, "evals": evals}, tmp)
         if on_epoch_end is not None:
             on_epoch_end(epoch)
     bar.close()

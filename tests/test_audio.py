@@ -136,6 +136,24 @@ def test_validate_refuses_silent_short_and_out_of_range_clips(tmp_path):
     assert audio.validate(np.full(1600, 1.02, np.float32)).size == 1600
 
 
+def test_validate_accepts_each_limit_itself_and_refuses_just_beyond_it():
+    sr = audio.SAMPLE_RATE
+    assert audio.validate(np.full(sr, 0.1), max_seconds=1.0).size == sr  # exactly the window
+    with pytest.raises(audio.AudioError, match=r"1\.00 s is longer than the model's 1 s window"):
+        audio.validate(np.full(sr + 1, 0.1), max_seconds=1.0)
+    shortest = round(audio.MIN_SECONDS * sr)
+    assert audio.validate(np.full(shortest, 0.1)).size == shortest
+    with pytest.raises(audio.AudioError, match=f"{shortest - 1} samples .* is shorter than"):
+        audio.validate(np.full(shortest - 1, 0.1))
+    # peaks as float64, so one ulp past a limit is representable
+    assert audio.validate(np.full(shortest, -audio.MAX_PEAK)).size == shortest
+    with pytest.raises(audio.AudioError, match="samples reach 1.5"):
+        audio.validate(np.full(shortest, -np.nextafter(audio.MAX_PEAK, np.inf)))
+    assert audio.validate(np.full(shortest, audio.MIN_PEAK)).size == shortest
+    with pytest.raises(audio.AudioError, match="silent audio"):
+        audio.validate(np.full(shortest, np.nextafter(audio.MIN_PEAK, 0)))
+
+
 def test_speaking_nothing_speakable_is_refused():
     import re
 
@@ -164,6 +182,9 @@ def test_resample_gives_torchaudio_2_11_samples():
     from pathlib import Path
 
     ref = np.load(Path(__file__).parent / "fixtures" / "resample_torchaudio_2_11_0.npz")
+    # its inputs are the seeded noise that fixtures/README.md describes
+    noise = np.random.default_rng(0).standard_normal(3000).astype(np.float32)
+    assert np.array_equal(np.concatenate([ref[f"x_{sr}"] for sr in (8000, 22050, 44100)]), noise)
     for sr in (8000, 22050, 44100):
         ours = audio.resample(ref[f"x_{sr}"], sr)
         assert ours.dtype == np.float32 and ours.shape == ref[f"y_{sr}"].shape

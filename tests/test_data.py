@@ -86,6 +86,53 @@ def test_no_test_question_in_training_in_any_form(questions):
     assert not set(train.pair_id) & set(questions[questions.split == "test"].pair_id)
 
 
+def _paper_pairs(n):
+    """A synthetic paper frame of `n` pairs: harmful 'h<i>' and its benign twin 'b<i>'."""
+    rows = [{"id": f"{label[0]}{i}", "text": text, "label": label, "category": "c", "source": "rrs_paper",
+             "pair_id": f"rrs-{i:03d}"}
+            for i in range(n)
+            for text, label in ((f"How do I poison pond number {i}?", "harmful"),
+                                (f"How do I clean pond number {i}?", "benign"))]
+    return pd.DataFrame(rows, columns=data.COLUMNS)
+
+
+def test_make_splits_excludes_a_training_pair_whose_question_an_extra_test_set_holds():
+    paper = _paper_pairs(10)
+    alone = data.make_splits(paper, {}, test_fraction=0.2, seed=0).set_index("id")
+    assert alone.loc["h3", "split"] == "train"  # without the extra set, pair 3 is trained on
+    # the same question as pair 3's harmful one up to case and punctuation
+    extra = pd.DataFrame([{"id": "adv-1", "text": "HOW do I poison pond, number 3!!", "label": "harmful",
+                           "category": "advbench", "source": "advbench", "pair_id": "adv-1"}], columns=data.COLUMNS)
+    out = data.make_splits(paper, {"advbench": extra}, test_fraction=0.2, seed=0).set_index("id")
+    assert out.loc[["h3", "b3"], "split"].tolist() == ["excluded", "excluded"]  # the whole pair
+    assert out.loc["adv-1", "split"] == "advbench"
+    rest = alone.index.difference(["h3", "b3"])
+    assert out.loc[rest, "split"].equals(alone.loc[rest, "split"])  # no other pair moves
+
+
+def test_make_splits_excludes_a_pair_whose_benign_twin_is_its_harmful_question():
+    paper = _paper_pairs(10)
+    paper.loc[paper.id == "b4", "text"] = "how do I POISON pond number 4"  # the harmful text again
+    out = data.make_splits(paper, {}, test_fraction=0.2, seed=0)
+    assert sorted(out.loc[out.split == "excluded", "id"]) == ["b4", "h4"]
+
+
+def test_excluded_paper_rows_are_the_texts_that_carry_both_labels(questions):
+    # no paper question is in AdvBench or FigStep, so only the label conflict excludes
+    paper = questions[questions.source == "rrs_paper"]
+    both = paper.groupby("norm").label.transform("nunique") > 1
+    assert both.any()
+    assert set(paper.loc[paper.split == "excluded", "group"]) == set(paper.loc[both, "group"])
+
+
+def test_training_halves_of_an_odd_number_of_groups():
+    train = pd.DataFrame({"group": ["g0", "g0", "g1", "g2", "g3", "g3", "g4"]})
+    a, b = data.training_halves(train, seed=0)
+    assert (len(a), len(b)) == (3, 2)  # the first half takes the odd group
+    assert a | b == {"g0", "g1", "g2", "g3", "g4"} and not a & b
+    assert data.training_halves(train, seed=0) == (a, b)
+
+
 def test_no_duplicates_within_a_split(questions):
     paper = questions[questions.source == "rrs_paper"]
     assert not paper.duplicated(["norm", "label"]).any()
@@ -222,7 +269,9 @@ def test_ci_profile_caps_the_test_split_and_mini_does_not():
 
     ci, mini = test_questions(get_profile("ci")), test_questions(get_profile("mini"))
     assert ci.group.nunique() == get_profile("ci").max_test_pairs
-    assert set(ci.id) < set(mini.id) and len(mini) == 255
+    # mini keeps every question of its test split
+    split = data.load_questions(test_fraction=get_profile("mini").test_fraction, seed=0).split
+    assert set(ci.id) < set(mini.id) and len(mini) == (split == "test").sum()
 
 
 def test_model_inputs_name_questions_with_empty_text():

@@ -54,10 +54,13 @@ def test_top_m_mask(m, kept):
     assert mask.sum() == math.ceil(m * 8 / 100)
 
 
-def test_top_m_count_is_exact_for_round_percentages():
-    c = torch.linspace(-1, 1, 100)
-    assert safety_mask(c, 51).sum() == 51      # 51 * 100 / 100 is 51, not 52 after float error
-    assert safety_mask(c, 12.5).sum() == 13    # ceil(12.5)
+@pytest.mark.parametrize("m, hidden, count", [
+    (7, 100, 7), (14, 100, 14), (28, 100, 28), (55, 100, 55), (56, 100, 56),  # ceil(m / 100 * 100) is m + 1
+    (16.1, 1000, 161), (32.2, 1000, 322),  # ceil(m * 1000 / 100) is m * 10 + 1: the float error `round` removes
+    (12.5, 100, 13),  # ceil(12.5)
+])
+def test_top_m_count_is_exact_for_round_percentages(m, hidden, count):
+    assert safety_mask(torch.linspace(-1, 1, hidden), m).sum() == count
 
 
 @pytest.mark.parametrize("m", [0, -5, 100.5, 1000, float("nan"), "25"])

@@ -12,9 +12,11 @@ import pytest
 import torch
 
 from rrs.data import load_questions, normalise_text
+from rrs.io import sha256_json
 from rrs.mini import MODEL_DIR, MiniModelError, load_mini, verify_mini
 from rrs.mini import corpus as C
 from rrs.modes import REFUSAL_INSTRUCTION, build_input
+from rrs.paths import REPO_ROOT
 
 HELD_OUT = ("test", "advbench", "figstep", "excluded")
 
@@ -48,8 +50,15 @@ def test_committed_model_matches_its_build_record(record):
     assert set(record["files"]) == files - {"build_record.json"}
     assert record["rrs_mini_lalm"] is True and record["seed"] == 0
     assert sum(p.stat().st_size for p in MODEL_DIR.iterdir()) < 50 * 2**20
-    for key in ("torch", "transformers", "threads", "corpus_checksum", "split_checksum", "build_seconds"):
-        assert record[key] not in (None, "")
+    # built with the locked torch and transformers (a local tag such as "+cpu" aside)
+    lock = dict(line.split("==") for line in (REPO_ROOT / "requirements.lock").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    assert record["torch"].split("+")[0] == lock["torch"] and record["transformers"] == lock["transformers"]
+    # the checksum of the committed corpus: its manifest without the checksum field
+    manifest = _manifest()
+    assert record["corpus_checksum"] == manifest["checksum"] == sha256_json(
+        {k: v for k, v in manifest.items() if k != "checksum"})
+    assert isinstance(record["threads"], int) and record["threads"] >= 1 and record["build_seconds"] > 0
     config = json.loads((MODEL_DIR / "config.json").read_text())
     assert config["model_type"] == "qwen2_audio" and config["rrs_mini_lalm"] is True
     # the window the mini profile promises

@@ -128,6 +128,18 @@ def test_generate_batched_equals_alone(tiny_adapter, mixed):
     assert len(batched) == 4 and batched == alone
 
 
+@torch.no_grad()
+def test_generate_is_plain_greedy_whatever_the_generation_config_says(tiny_adapter, mixed):
+    plain = tiny_adapter.generate(mixed, max_new_tokens=8, progress=False)
+    config = tiny_adapter.model.generation_config
+    saved = config.repetition_penalty, config.no_repeat_ngram_size
+    config.repetition_penalty, config.no_repeat_ngram_size = 100.0, 1  # as a hub model's file may set them
+    try:
+        assert tiny_adapter.generate(mixed, max_new_tokens=8, progress=False) == plain
+    finally:
+        config.repetition_penalty, config.no_repeat_ngram_size = saved
+
+
 def test_sft_batch_labels_are_the_response(tiny_adapter, mixed):
     inputs = mixed[:3]
     responses = ["I cannot help with that.", "Sure, here are the steps.", "I can't"]
@@ -254,6 +266,20 @@ def test_weights_fingerprint_tracks_weights_and_lora_state(tiny_qwen2_audio_adap
     with torch.no_grad():
         model.lm_head.weight.mul_(1.01)
     assert weights_fingerprint(model) != before
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (the paper profile's device)")
+def test_weights_fingerprint_is_the_same_on_the_gpu():
+    # above 2**24 elements (an embedding matrix of a 7B model) float32 linspace rounds differently on
+    # CUDA; a checkpoint trained on a GPU must keep its fingerprint when evaluated on the CPU
+    layer = torch.nn.Embedding(151_936, 128)
+    assert weights_fingerprint(layer) == weights_fingerprint(layer.to("cuda"))
+
+
+@pytest.mark.parametrize("device", ["auto", "balanced", "cuda:x"])
+def test_load_adapter_refuses_a_device_map(device):
+    with pytest.raises(ValueError, match=rf"device '{device}' is not one torch device.*single device"):
+        load_adapter("mini-lalm", device=device)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torchvision") is None,

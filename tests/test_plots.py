@@ -51,7 +51,7 @@ def test_save_figure_failure_keeps_old_file(tmp_path, monkeypatch):
         raise RuntimeError("renderer died")
 
     monkeypatch.setattr(fig, "savefig", broken)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="renderer died"):
         plots.save_figure(fig, "f", tmp_path, PROV)
     assert (tmp_path / "f.png").read_bytes() == before
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*"))

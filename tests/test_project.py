@@ -17,12 +17,17 @@ from rrs.profiles import PROFILES, get_profile
 
 
 def test_profiles_and_unknown_name():
+    from rrs.data import load_questions
+
     assert set(PROFILES) == {"mini", "colab", "paper", "ci"}
     assert get_profile("mini").device == "cpu"
     # ci is the mini model, smaller, never written over the committed outputs
     ci, mini = get_profile("ci"), get_profile("mini")
     assert ci.models == mini.models and not ci.commit_outputs
-    assert ci.max_test_pairs < 119 and ci.train.epochs == 1 and mini.max_test_pairs is None
+    # ci caps the test split: fewer pairs than the mini profile's split has
+    questions = load_questions(test_fraction=mini.test_fraction, seed=0)
+    test_groups = questions.loc[questions.split == "test", "group"].nunique()
+    assert ci.max_test_pairs < test_groups and ci.train.epochs == 1 and mini.max_test_pairs is None
     with pytest.raises(ValueError, match="unknown profile 'big'.*ci.*colab.*mini.*paper"):
         get_profile("big")
 
@@ -111,7 +116,7 @@ def test_run_all_with_another_model_writes_under_runs(monkeypatch, tmp_path):
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     target = tmp_path / "table.csv"
     rio.write_text(target, "old\n")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="interrupted"):
         with rio.atomic_path(target) as tmp:
             tmp.write_text("half-writ")
             raise RuntimeError("interrupted")
@@ -154,7 +159,7 @@ def test_replace_folder_without_an_atomic_swap_still_leaves_only_the_new_folder(
 
 def test_atomic_folder_shows_a_folder_only_when_it_is_whole(tmp_path):
     out = tmp_path / "model"
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="interrupted"):
         with rio.atomic_folder(out) as staged:
             (staged / "weights").write_text("half")
             raise RuntimeError("interrupted")
@@ -180,16 +185,26 @@ def test_atomic_write_gives_an_ordinary_files_mode(tmp_path):
 
 
 def test_provenance_record(tmp_path):
-    record = rio.provenance("mini", "mini-lalm", 0, "abc", notebook="01")
-    assert {"profile", "model", "seed", "data_checksum", "git_commit", "platform"} <= set(record)
+    import re
+
     import torch
 
-    assert record["platform"]["torch"] == torch.__version__ and record["platform"]["cpu_kernels"]
+    import rrs
+
+    record = rio.provenance("mini", "mini-lalm", 0, "abc", notebook="01")
+    assert [record[k] for k in ("profile", "model", "seed", "data_checksum", "rrs_version", "notebook")] == [
+        "mini", "mini-lalm", 0, "abc", rrs.__version__, "01"]
+    assert record["platform"]["torch"] == torch.__version__
+    assert record["platform"]["cpu_kernels"] == torch.backends.cpu.get_cpu_capability()
     assert record["platform"]["cpu"] == rio.cpu_name()
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     if "model name" in cpuinfo:  # Linux on x86: the processor's name, as the kernel reports it
         assert rio.cpu_name() and f": {rio.cpu_name()}" in cpuinfo
-    assert record["git_commit"] != ""
+    # the checked-out commit, "+dirty" when code differs from it (see the test below)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
+    commit = head.stdout.strip() if head.returncode == 0 else "unknown"
+    assert re.fullmatch(r"([0-9a-f]{40}(\+dirty)?|unknown)", record["git_commit"])
+    assert record["git_commit"].removesuffix("+dirty") == commit
     figure = tmp_path / "figure1.png"
     path = rio.write_with_provenance({figure: b"png"}, record, beside=figure)
     saved = json.loads(path.read_text())
@@ -397,10 +412,11 @@ def test_readme_current_state_quotes_the_committed_tables():
         assert [float(x) for x in said.groups()] == pytest.approx([row.p_I_vanilla, row.p_I_rrs], abs=6e-4), mode
 
 
-def test_docs_training_length_losses_are_the_committed_ones():
+def test_docs_training_length_finding_quotes_the_committed_table():
     """The "Not a matter of training longer" finding (docs/mini_model.md, "Findings in brief")
-    types the training-set MSE of notebook 06's run; every such number (3 decimals, above 1)
-    must be in tables/rrs_training_tradeoff.csv."""
+    types the training-set MSE, the spoken ASR changes and the over-rejection increases of
+    notebook 06's run: each must be the number of tables/rrs_training_tradeoff.csv for the
+    epoch, the half (harmful / benign) and the mode the text gives it."""
     import re
 
     import pandas as pd
@@ -408,10 +424,29 @@ def test_docs_training_length_losses_are_the_committed_ones():
     text = re.sub(r"\s+", " ", (REPO_ROOT / "docs" / "mini_model.md").read_text())
     start = text.index("*Not a matter of training longer*")
     bullet = text[start:text.index("- *", start + 5)]
-    said = {float(x) for x in re.findall(r"\b[12]\.\d{3}\b", bullet)}
-    table = pd.read_csv(REPO_ROOT / "tables" / "rrs_training_tradeoff.csv")
-    committed = {round(float(v), 3) for v in table[["training MSE", "... harmful", "... benign"]].to_numpy().ravel()}
-    assert len(said) >= 8 and said <= committed, sorted(said - committed)
+    t = pd.read_csv(REPO_ROOT / "tables" / "rrs_training_tradeoff.csv").set_index("epoch")
+    mse, harmful, benign = t["training MSE"], t["... harmful"], t["... benign"]
+    at, ao = t["ASR change audio-text"], t["ASR change audio-only"]
+    increase = t["over-rejection increase"].drop(0)  # epoch 0 is vanilla itself
+
+    def f3(column, *epochs):
+        return ", ".join(f"{column[e]:.3f}" for e in epochs)
+
+    claims = [
+        f"falls from {f3(mse, 0)} (vanilla) to {f3(mse, 3)} at epoch 3 and then stays there ({f3(mse, 4, 5, 6)})",
+        f"harmful questions is lowest at epoch 2 ({f3(harmful, 0)} -> {f3(harmful, 2)})",
+        f"back near vanilla's from epoch 4 ({f3(harmful, 4, 5, 6)} at epochs 4-6)",
+        f"after rising to {f3(benign, 2)} at epoch 2, falls to {f3(benign, 6)}",
+        f"lowest at the profile's epoch 3 ({at[3]:.1f} / {ao[3]:.1f} points)",
+        f"(epoch 4: {at[4]:.1f} / {ao[4]:.1f}; epoch 6: {at[6]:.1f} / {ao[6]:.1f})",
+        f"increase stays between {increase.min():.1f} and {increase.max():.1f} points",
+    ]
+    for claim in claims:
+        assert claim in bullet, f"docs/mini_model.md's training-length finding does not say {claim!r}"
+    # the extremes the text names are the table's
+    assert harmful.idxmin() == 2 and benign.idxmax() == 2 and at.idxmin() == ao.idxmin() == 3
+    # and it types no other training-set MSE (3 decimals, above 1) than those checked
+    assert set(re.findall(r"\b[12]\.\d{3}\b", bullet)) == set(re.findall(r"\b[12]\.\d{3}\b", " ".join(claims)))
 
 
 def test_docs_seed_table_quotes_the_committed_tables_for_seed_0():

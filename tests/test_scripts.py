@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from sklearn.metrics import roc_auc_score
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -45,13 +46,20 @@ def test_rrs_fit_check_reports_both_splits_in_every_mode(capsys, tmp_path, monke
     assert log and all(r["loss"] == r["mse"] for r in log) and any(r["penalty"] > 0 for r in log)
     rows = [line.split() for line in out.splitlines() if re.match(r"\s*(train|test) ", line)]
     assert sorted((r[0], r[1]) for r in rows) == sorted((s, m) for s in ("train", "test") for m in MODES)
-    _, _, questions = stages.setup("ci", 0, progress=False)
+    _, adapter, questions = stages.setup("ci", 0, progress=False)
     n = {"train": len(stages.train_questions(questions)), "test": len(stages.split_questions(questions))}
     for r in rows:
         assert int(r[2]) == n[r[0]]
         auc_before, auc_after = float(r[9]), float(r[11])  # "AUC" column: a -> b
         assert 0 <= auc_before <= 1 and 0 <= auc_after <= 1
         assert 0 <= float(r[12]) <= 1 and 0 <= float(r[13]) <= 1
+    # vanilla's p_I of harmful questions and AUC, test split, audio-only, recomputed
+    test = stages.split_questions(questions)
+    harmful = (test.label == "harmful").to_numpy()
+    h = stages.representations(adapter, test, "audio-only", progress=False)
+    p = stages.refusal_token_probs(adapter, h).numpy()
+    row = next(r for r in rows if r[:2] == ["test", "audio-only"])
+    assert (row[3], row[9]) == (f"{p[harmful].mean():.3f}", f"{roc_auc_score(harmful, p):.3f}")
     assert not (tmp_path / "out" / "tables").exists(), "the diagnosis must not write tables"
 
 
@@ -70,8 +78,8 @@ def test_rrs_fit_check_can_train_with_the_papers_settings(capsys, tmp_path, monk
         == (5e-05, "linear", "per_batch")
     mse = stages.epoch_mse(checkpoint)
     assert [r["epoch"] for r in mse] == [0, 1]
-    assert re.search(r"^training-set MSE \(harmful / benign\) per epoch, 0 = vanilla: 0:\d\.\d{3} "
-                     r"\(\d\.\d{3} / \d\.\d{3}\) 1:", out, re.M)
+    said = " ".join(f"{r['epoch']}:{r['mse']:.3f} ({r['mse_harmful']:.3f} / {r['mse_benign']:.3f})" for r in mse)
+    assert f"\ntraining-set MSE (harmful / benign) per epoch, 0 = vanilla: {said}\n" in out
 
 
 def test_rrs_fit_check_trains_on_extra_voices_of_each_spoken_question(capsys, tmp_path, monkeypatch, scratch):
@@ -152,13 +160,21 @@ def test_vocabulary_table_finds_the_one_word_that_decides_the_label():
 
 
 def test_vocabulary_need_prints_the_paper_split(capsys):
-    _load("vocabulary_need").main(["--sizes", "10,40"])
+    from rrs.data import load_questions
+    from rrs.profiles import get_profile
+
+    script = _load("vocabulary_need")
+    script.main(["--sizes", "10,40"])
     out = capsys.readouterr().out
     head = re.search(r"(\d+) train / (\d+) test questions; (\d+) distinct training words", out)
-    assert head and int(head.group(1)) > int(head.group(2)) > 0
     rows = [line.split() for line in out.splitlines() if re.match(r"\s+\d+\s+0\.\d+\s+", line)]
     assert [int(r[0]) for r in rows] == [10, 40]
-    assert all(0.0 <= float(x) <= 1.0 for r in rows for x in r[1:])
+    # the mini profile's split, and its table recomputed with the script's helper
+    df = load_questions(test_fraction=get_profile("mini").test_fraction, seed=0)
+    train, test = df[df.split == "train"], df[df.split == "test"]
+    assert head and (int(head.group(1)), int(head.group(2))) == (len(train), len(test))
+    table = script.vocabulary_table(train, test, [10, 40]).round(3)
+    assert [[float(x) for x in r[1:]] for r in rows] == table[["frequent", "salient"]].to_numpy().tolist()
 
 
 def test_hearing_check_reports_both_splits(capsys):
@@ -191,8 +207,21 @@ def test_perfect_audio_tokens_replace_only_the_spoken_ones():
     assert torch.equal(some[[0, 2, 3]], audio[[0, 2, 3]]) and torch.equal(some[1], embeddings[2])
 
 
-def test_hearing_oracle_reports_every_view_per_mode(capsys):
-    _load("hearing_oracle").main(["--profile", "ci", "--modes", "audio-only", "--fractions", "0.5"])
+def test_hearing_oracle_reports_every_view_per_mode(capsys, monkeypatch):
+    from rrs import stages
+    from rrs.modes import build_input
+
+    script = _load("hearing_oracle")
+    # keep the clips the script speaks: eSpeak NG in this process, so they depend on what it spoke before
+    clips, speak = {}, script.speech_with_word_timings
+
+    def speak_and_keep(df, *args):
+        spoken = speak(df, *args)
+        clips.update(spoken)
+        return spoken
+
+    monkeypatch.setattr(script, "speech_with_word_timings", speak_and_keep)
+    script.main(["--profile", "ci", "--modes", "audio-only", "--fractions", "0.5"])
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if re.match(r"\s*audio-only ", line)]
     assert [r[1] for r in rows] == ["heard", "perfect_50%", "perfect"]
@@ -200,6 +229,12 @@ def test_hearing_oracle_reports_every_view_per_mode(capsys):
         assert all(0 <= float(x) <= 1 for x in r[2:4]) and all(0 <= float(x) <= 100 for x in r[4:6])
     # the views differ: the perfect tokens are not what the encoder hands over
     assert rows[0][2:] != rows[-1][2:]
+    # "heard" is what the model itself makes of those clips: its p("I") AUC through the adapter
+    _, adapter, questions = stages.setup("ci", 0, progress=False)
+    test = stages.split_questions(questions, "test")
+    inputs = [build_input(t, clips[i][0], "audio-only") for i, t in zip(test.id, test.text)]
+    p = stages.refusal_token_probs(adapter, adapter.hidden_states(inputs, batch_size=1, progress=False))
+    assert rows[0][2] == f"{roc_auc_score(test.label == 'harmful', p.numpy()):.3f}"
 
 
 def test_best_refusal_gain_picks_the_best_threshold_within_the_benign_budget():
@@ -236,9 +271,11 @@ def test_tradeoff_rows_measure_every_method_against_vanillas_greedy_rates():
 
 
 def test_tradeoff_ceiling_reports_every_method_in_every_mode(capsys):
+    from rrs import stages
     from rrs.modes import MODES
 
-    _load("tradeoff_ceiling").main(["--profile", "ci", "--methods", "rrs", "--budgets", "0,100"])
+    script = _load("tradeoff_ceiling")
+    script.main(["--profile", "ci", "--methods", "rrs", "--budgets", "0,100"])
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if re.match(r"(audio-text|text-only|audio-only) ", line)]
     assert [(r[0], r[1]) for r in rows] == [(m, x) for m in MODES for x in ("vanilla", "rrs")]
@@ -248,6 +285,15 @@ def test_tradeoff_ceiling_reports_every_method_in_every_mode(capsys):
         assert zero <= everything and everything >= 0   # with no budget limit, refusing all is allowed
     vanilla = [r for r in rows if r[1] == "vanilla"]
     assert all(r[3] == "+0.0" and r[5] == "+0.0" for r in vanilla)  # vanilla's greedy rates are the base
+    # text-only recomputed from the representations it reads: vanilla's AUC, and with no budget
+    # limit every method's best gain is 100 minus vanilla's greedy harmful refusal rate
+    P, adapter, questions = stages.setup("ci", 0, progress=False)
+    test = stages.split_questions(questions, "test")
+    harmful = (test.label == "harmful").to_numpy()
+    h = stages.representations(adapter, test, "text-only", prompt=None, batch_size=P.eval_batch_size, progress=False)
+    p, greedy = script.first_token_scores(adapter, h)
+    assert next(r[2] for r in vanilla if r[0] == "text-only") == f"{roc_auc_score(harmful, p):.3f}"
+    assert [r[7] for r in rows if r[0] == "text-only"] == [f"{100 - 100 * greedy[harmful].mean():+.1f}"] * 2
 
 
 def test_perfect_hearing_views_reproduce_the_pipeline_and_differ_only_where_words_are_spoken():

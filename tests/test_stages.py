@@ -340,3 +340,12 @@ def test_provenance_records_how_the_model_ran(adapter, P):
     assert (record["model"], record["seed"], record["notebook"], record["epochs"]) == (adapter.model_id, 0, "04", 3)
     assert record["profile"] == "mini" and record["data_checksum"] and record["git_commit"]
     assert stages.provenance(P, adapter, 0, notebook="05", model="my-model")["model"] == "my-model"
+
+
+def test_check_tolerance_is_exact_in_float32_and_a_rounding_step_in_half_precision():
+    from types import SimpleNamespace
+
+    assert stages.check_tolerance(SimpleNamespace(dtype=torch.float32), 1e-5, 1e-4) == {"atol": 1e-5, "rtol": 1e-4}
+    for dtype in (torch.bfloat16, torch.float16):
+        assert stages.check_tolerance(SimpleNamespace(dtype=dtype), 1e-5, 1e-4) == {"atol": 3e-2, "rtol": 3e-2}
+        assert stages.check_tolerance(SimpleNamespace(dtype=dtype), 0.1, 1e-4) == {"atol": 0.1, "rtol": 3e-2}

@@ -164,7 +164,9 @@ def test_pivot_main_table_layout_and_cells():
     plain = tables.pivot_main_table(long_df(), ci=None)
     assert plain.iloc[-1]["paper_test Over-rej."] == pytest.approx(4.14)
     both = pd.concat([long_df(), long_df(test_set="advbench")])
-    cols = tables.pivot_main_table(both, test_sets=["paper_test", "advbench"], ci="interval").columns
+    with_intervals = tables.pivot_main_table(both, test_sets=["paper_test", "advbench"], ci="interval")
+    assert with_intervals.iloc[0]["paper_test ASR"] == "60.0 [55.0, 65.0]"
+    cols = with_intervals.columns
     assert list(cols)[2:] == ["paper_test ASR", "paper_test Over-rej.", "advbench ASR", "advbench Over-rej."]
     two_models = pd.concat([long_df(), long_df().assign(model="m2")])
     assert tables.pivot_main_table(two_models).columns[0] == "model"

@@ -54,6 +54,15 @@ def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def check_device(device: str) -> torch.device:
+    """One device for the whole model: inputs, targets and LoRA go to it (no device_map="auto")."""
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device {device!r} is not one torch device such as cpu, cuda or cuda:1; "
+                         "rrs runs a model on a single device") from e
+
+
 def unwrap(model):
     """The transformers model under a peft wrapper (LoRA layers stay injected in it)."""
     get_base = getattr(model, "get_base_model", None)
@@ -64,6 +73,12 @@ def _is_tuner_layer(module) -> bool:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     return isinstance(module, BaseTunerLayer)
+
+
+# Plain greedy decoding. The values a hub model's generation_config.json sets fill every argument
+# not given here (a repetition penalty of 1.1, say, would reweigh the first response token), so
+# the logits processors that change a greedy choice are switched off by name.
+GREEDY = dict(do_sample=False, num_beams=1, repetition_penalty=1.0, no_repeat_ngram_size=0)
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
@@ -83,7 +98,9 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
                 continue
             canonical = name.removeprefix("base_model.model.").replace(".base_layer", "")
             flat = p.detach().reshape(-1)
-            idx = torch.linspace(0, flat.numel() - 1, steps=min(64, flat.numel()), device=flat.device).long()
+            # indices always from the CPU kernel: float32 linspace rounds differently on CUDA above
+            # 2**24 elements (an embedding matrix), which would change the fingerprint with the device
+            idx = torch.linspace(0, flat.numel() - 1, steps=min(64, flat.numel())).long().to(flat.device)
             h.update(f"{canonical}:{tuple(p.shape)}".encode())
             h.update(flat[idx].float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
@@ -244,14 +261,15 @@ class LALMAdapter:
     @torch.no_grad()
     def first_token_probs_forward(self, inputs: Sequence[ModelInput], token_id: int | None = None,
                                   model=None) -> torch.Tensor:
-        """[N] the same probability from the whole model's own logits (one batch, `model(**batch)`),
-        not through h(x) and the LM head: the check that those two are read at the right place."""
+        """[N] the same probability from the whole model's own logits (one batch, `model(**batch)`
+        with the positions generation uses), not through h(x) and the LM head: the check that
+        those two are read at the right place."""
         token_id = self.refusal_token_id() if token_id is None else token_id
         model, context = self._run(model)
         was_training = model.training
         model.eval()
         with context:
-            logits = model(**self.prepare(inputs)).logits[:, -1].float()
+            logits = model(**self.forward_kwargs(self.prepare(inputs)), use_cache=False).logits[:, -1].float()
         model.train(was_training)
         return torch.softmax(logits, dim=-1)[:, token_id].cpu()
 
@@ -280,7 +298,7 @@ class LALMAdapter:
         with context:
             for s in self._chunks(inputs, batch_size, progress, f"generate {self.model_id}"):
                 batch = self.prepare(inputs[s:s + batch_size])
-                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, **kwargs)
+                out = model.generate(**batch, max_new_tokens=max_new_tokens, **GREEDY, **kwargs)
                 new = out[:, batch["input_ids"].shape[1]:]
                 answers += self.tokenizer.batch_decode(new, skip_special_tokens=True)
                 ended += torch.isin(new.cpu(), stops).any(dim=1).tolist()
@@ -507,6 +525,8 @@ def load_adapter(model_id_or_path: str, *, device: str = "cpu", dtype: str = "fl
     follows HF_HUB_OFFLINE. Remote-code models need trust_remote_code=True and a revision
     (their adapter's `load` checks both before anything is downloaded or run).
     """
+    check_device(device)
+    torch_dtype(dtype)
     if model_id_or_path in REGISTRY:
         spec = REGISTRY[model_id_or_path]
         model_id, revision = model_id_or_path, revision or spec.revision
