@@ -181,7 +181,12 @@ def test_resample_gives_torchaudio_2_11_samples():
     # clips keep their samples (measured bit-identical under torch 2.11)
     from pathlib import Path
 
-    ref = np.load(Path(__file__).parent / "fixtures" / "resample_torchaudio_2_11_0.npz")
+    fixture = Path(__file__).parent / "fixtures" / "resample_torchaudio_2_11_0.npz"
+    import hashlib
+
+    # the file fixtures/README.md says how to regenerate
+    assert f"sha256: `{hashlib.sha256(fixture.read_bytes()).hexdigest()}`" in (fixture.parent / "README.md").read_text()
+    ref = np.load(fixture)
     # its inputs are the seeded noise that fixtures/README.md describes
     noise = np.random.default_rng(0).standard_normal(3000).astype(np.float32)
     assert np.array_equal(np.concatenate([ref[f"x_{sr}"] for sr in (8000, 22050, 44100)]), noise)
