@@ -94,7 +94,7 @@ def print_tradeoff(scores: dict, harmful, budgets) -> dict[str, list[dict]]:
         for row in rows[mode]:
             print(f"{mode:11s} {row['method']:13s} {row['auc']:6.3f} "
                   f"{row['greedy_harmful']:+10.1f} / {row['greedy_benign']:+9.1f}  "
-                  + "  ".join(f"{row[b]:+8.1f}" for b in budgets))
+                  + "  ".join(f"{row[b] + 0.0:+8.1f}" for b in budgets))  # + 0.0: "+0.0", never "-0.0"
     return rows
 
 
