@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -282,14 +284,21 @@ def test_load_adapter_refuses_a_device_map(device):
         load_adapter("mini-lalm", device=device)
 
 
+OMNI_REFERENCE = Path(__file__).parent / "fixtures" / "omni_processor_reference.json"
+OMNI_INTEGER_KEYS = ("input_ids", "attention_mask", "feature_attention_mask")
+
+
 @pytest.mark.skipif(importlib.util.find_spec("torchvision") is None,
                     reason="Qwen2_5OmniProcessor cannot be built without torchvision")
 def test_omni_processor_matches_transformers(tiny_omni_adapter, mixed):
-    """Our OmniAudioTextProcessor against transformers' own, on every input mode. Skipped in
-    .venv (no torchvision); to run it, in a throwaway environment:
-    python -m venv /tmp/tv && /tmp/tv/bin/pip install torch==2.14.1 torchvision==0.29.1 &&
+    """Our OmniAudioTextProcessor against transformers' own, on every input mode, and the stored
+    reference (tests/fixtures) against transformers'. Skipped in .venv (no torchvision); to run
+    it, in a throwaway environment:
+    python -m venv /tmp/tv && /tmp/tv/bin/pip install torch==2.11.0 torchvision==0.26.0 &&
     grep -v '^torch==' requirements.lock | /tmp/tv/bin/pip install --no-deps -r /dev/stdin &&
-    PYTHONPATH=. /tmp/tv/bin/python -m pytest tests/test_models.py -k omni_processor"""
+    PYTHONPATH=. /tmp/tv/bin/python -m pytest tests/test_models.py -k omni_processor
+    (RRS_WRITE_OMNI_REFERENCE=1 writes the reference anew instead of checking it)."""
+    import transformers
     from transformers import Qwen2_5OmniProcessor
     from transformers.models.qwen2_vl import Qwen2VLImageProcessor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
@@ -304,6 +313,24 @@ def test_omni_processor_matches_transformers(tiny_omni_adapter, mixed):
     b = theirs(text=texts, audio=audios, return_tensors="pt", padding=True)
     for key in ("input_ids", "attention_mask", "input_features", "feature_attention_mask"):
         torch.testing.assert_close(a[key], b[key])
+    reference = {"transformers": transformers.__version__, "input_features_shape": list(b["input_features"].shape),
+                 **{key: b[key].tolist() for key in OMNI_INTEGER_KEYS}}
+    if os.environ.get("RRS_WRITE_OMNI_REFERENCE") == "1":
+        OMNI_REFERENCE.write_text(json.dumps(reference) + "\n")
+    stored = json.loads(OMNI_REFERENCE.read_text())
+    assert {k: v for k, v in stored.items() if k != "transformers"} == {
+        k: v for k, v in reference.items() if k != "transformers"}
+
+
+def test_omni_processor_matches_the_stored_transformers_output(tiny_omni_adapter, mixed):
+    """What the test above checks where torchvision is installed, against its stored output: the
+    audio placeholders expanded and placed as transformers' Qwen2_5OmniProcessor does."""
+    stored = json.loads(OMNI_REFERENCE.read_text())
+    texts = tiny_omni_adapter.chat_texts(mixed)
+    a = tiny_omni_adapter.processor(text=texts, audio=[x.audio for x in mixed if x.audio is not None])
+    for key in OMNI_INTEGER_KEYS:
+        assert a[key].tolist() == stored[key], key
+    assert list(a["input_features"].shape) == stored["input_features_shape"]
 
 
 @torch.no_grad()
