@@ -675,6 +675,15 @@ def test_cli_sizes_must_be_positive(tmp_path, fake_stack, option):
     assert "adapter" not in fake_stack
 
 
+@pytest.mark.parametrize("option,value,match", [("--device", "auto", r"device 'auto' is not one torch device"),
+                                                ("--dtype", "bf16", r"unknown dtype 'bf16'")])
+def test_cli_device_and_dtype_are_checked_before_a_model_loads(tmp_path, fake_stack, option, value, match):
+    qfile = write_csv(tmp_path / "q.csv", GOOD)
+    with pytest.raises(ValueError, match=match):
+        ev.run(["--model", "fake-lalm", "--questions", str(qfile), "--out", str(tmp_path / "o"), option, value])
+    assert "adapter" not in fake_stack and not (tmp_path / "o").exists()
+
+
 def test_cli_empty_question_set(tmp_path, fake_stack):
     qfile = tmp_path / "empty.csv"
     qfile.write_text("text,label\n")

@@ -246,6 +246,17 @@ def test_run_all_rejects_unknown_profile():
     assert out.returncode == 2 and "unknown profile 'huge'" in out.stderr
 
 
+@pytest.mark.parametrize("option,value,match", [("--device", "auto", "device 'auto' is not one torch device"),
+                                                ("--dtype", "bf16", "unknown dtype 'bf16'")])
+def test_run_all_checks_device_and_dtype_before_any_notebook(option, value, match, monkeypatch, capsys):
+    from rrs import pipeline
+
+    monkeypatch.setattr(pipeline, "run", lambda *a, **k: pytest.fail("a notebook would have started"))
+    with pytest.raises(SystemExit) as exit_:
+        pipeline.main([option, value])
+    assert exit_.value.code == 2 and match in capsys.readouterr().err
+
+
 def test_environment_yml_mirrors_pyproject_pins():
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
     pins = set(project["dependencies"]) | set(project["optional-dependencies"]["dev"])
