@@ -930,10 +930,9 @@ def run(argv=None) -> dict:
         raise ValueError(f"--max-new-tokens must be >= 1 (got {args.max_new_tokens})")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1 (got {args.batch_size})")
-    from .models.base import check_device, torch_dtype
+    from .models.base import check_device_and_dtype
 
-    check_device(args.device)
-    torch_dtype(args.dtype)
+    check_device_and_dtype(args.device, args.dtype)
     questions = load_question_file(args.questions)
     out = check_out_dir(args.out)
     try:

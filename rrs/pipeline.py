@@ -181,13 +181,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.profile not in PROFILES:
         parser.error(f"unknown profile {args.profile!r}; choose one of {sorted(PROFILES)}")
-    from .models.base import check_device, torch_dtype
+    from .models.base import check_device_and_dtype
 
     try:  # before any notebook starts, not inside the first one that loads the model
-        if args.device is not None:
-            check_device(args.device)
-        if args.dtype is not None:
-            torch_dtype(args.dtype)
+        check_device_and_dtype(args.device, args.dtype)
     except ValueError as e:
         parser.error(str(e))
     return run(args.profile, args.only, args.force, args.seed, args.model, args.device, args.dtype,

@@ -349,6 +349,84 @@ def test_relative_links_in_docs_resolve(doc):
             assert anchor in {_github_anchor(h) for h in headings}, f"{doc}: no heading for {link!r}"
 
 
+def _documented_commands():
+    """Every command of rrs that the README, docs, notebooks and module docstrings show, as
+    (where, command line): lines of code blocks (continuations joined), inline code that gives
+    arguments, and the usage lines of docstrings."""
+    import ast
+    import re
+    texts = {doc: (REPO_ROOT / doc).read_text() for doc in ("README.md", "docs/mini_model.md", "docs/method.md")}
+    for module in sorted([*(REPO_ROOT / "rrs").rglob("*.py"), *(REPO_ROOT / "scripts").glob("*.py"),
+                          *(REPO_ROOT / "benchmarks").glob("*.py")]):
+        docstring = ast.get_docstring(ast.parse(module.read_text())) or ""
+        usage = [line for line in re.sub(r"\\\n\s*", " ", docstring).splitlines()
+                 if re.match(r"\s*(?:\w+=\S+ )*(?:(?:\S*/)?python[\d.]* |\./run_all\.sh)", line)]
+        texts[str(module.relative_to(REPO_ROOT))] = "```\n" + "\n".join(usage) + "\n```"
+    for nb_path in sorted((REPO_ROOT / "notebooks").glob("*.ipynb")):
+        cells = json.loads(nb_path.read_text())["cells"]
+        texts[f"notebooks/{nb_path.name}"] = "\n".join(
+            "".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    program = r"(?:python[\d.]* -m rrs\.[\w.]+|(?:scripts|benchmarks)/\w+\.py|\./run_all\.sh)"
+    found = []
+    for where, text in texts.items():
+        for block in re.findall(r"```(?:bash|sh)?\n(.*?)```", text, flags=re.S):
+            for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+                if re.search(program, line):
+                    found.append((where, line.strip()))
+        for snippet in re.findall(r"`([^`\n]+)`", text):
+            if re.search(program + r" \S", snippet):
+                found.append((where, snippet))
+    return found
+
+
+class _Parsed(Exception):
+    """Raised in place of running a command once its argument parser accepted the arguments."""
+
+
+@pytest.mark.filterwarnings("ignore:'rrs.*found in sys.modules:RuntimeWarning")  # runpy re-running a module
+@pytest.mark.parametrize("where,command", _documented_commands())
+def test_documented_commands_parse(where, command, monkeypatch, capsys):
+    """A command copied from the docs must at least be accepted by its argument parser (a line
+    wrapped into the next one, or a renamed option, is not)."""
+    import argparse
+    import re
+    import runpy
+    import shlex
+
+    # options shown as optional are given; "..." and comments go
+    command = re.sub(r"\[([^\]]*)\]", r" \1 ", command.split("&&")[-1])
+    command = re.sub(r"\.\.\.|#.*$", " ", command)
+    argv = ["1" if arg == "N" else arg for arg in shlex.split(command)]  # a number's placeholder
+    parse_args = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        raise _Parsed(parse_args(self, args, namespace))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    if argv[0].endswith("run_all.sh"):
+        run, target, args = runpy.run_module, "rrs.pipeline", argv[1:]
+    elif "-m" in argv:
+        at = argv.index("-m")
+        run, target, args = runpy.run_module, argv[at + 1], argv[at + 2:]
+    else:
+        at = next(i for i, arg in enumerate(argv) if arg.startswith(("scripts/", "benchmarks/")))
+        run, target, args = runpy.run_path, str(REPO_ROOT / argv[at]), argv[at + 1:]
+    monkeypatch.setattr(sys, "argv", [target, *args])
+    try:
+        run(target, run_name="__main__")
+    except _Parsed:
+        return
+    except SystemExit:
+        pytest.fail(f"{where}: `{command.strip()}` is refused: {capsys.readouterr().err.strip()}")
+    pytest.fail(f"{where}: `{command.strip()}` never reached an argument parser")
+
+
+def test_documented_commands_are_found():
+    commands = [c for _, c in _documented_commands()]
+    assert any("rrs.evaluation" in c and "--adapter" in c for c in commands)
+    assert any("rrs.mini.build" in c for c in commands) and any("scripts/" in c for c in commands)
+
+
 def test_github_anchor():
     assert _github_anchor("3. The written path: why only 74% of benign questions are answered") == \
         "3-the-written-path-why-only-74-of-benign-questions-are-answered"

@@ -63,6 +63,14 @@ def check_device(device: str) -> torch.device:
                          "rrs runs a model on a single device") from e
 
 
+def check_device_and_dtype(device: str | None, dtype) -> None:
+    """Refuse a bad --device or --dtype before anything loads (None: not given, nothing to check)."""
+    if device is not None:
+        check_device(device)
+    if dtype is not None:
+        torch_dtype(dtype)
+
+
 def unwrap(model):
     """The transformers model under a peft wrapper (LoRA layers stay injected in it)."""
     get_base = getattr(model, "get_base_model", None)
