@@ -379,6 +379,30 @@ def _documented_commands():
     return found
 
 
+def test_names_of_rrs_in_the_docs_exist():
+    """`rrs.x.y` in the README, docs and notebooks' text names a module or attribute that exists."""
+    import importlib
+    import re
+    texts = [(REPO_ROOT / doc).read_text() for doc in ("README.md", "docs/mini_model.md", "docs/method.md")]
+    for nb_path in sorted((REPO_ROOT / "notebooks").glob("*.ipynb")):
+        cells = json.loads(nb_path.read_text())["cells"]
+        texts += ["".join(c["source"]) for c in cells if c["cell_type"] == "markdown"]
+    names = {name for text in texts for name in re.findall(r"`(rrs(?:\.\w+)+)[`(]", text)}
+    assert len(names) > 20, names
+    for name in sorted(names):
+        parts, depth = name.split("."), 1
+        while depth < len(parts):  # the longest module in the name, then attributes
+            try:
+                importlib.import_module(".".join(parts[:depth + 1]))
+            except ModuleNotFoundError:
+                break
+            depth += 1
+        obj = importlib.import_module(".".join(parts[:depth]))
+        for attribute in parts[depth:]:
+            assert hasattr(obj, attribute), f"the docs name {name}, which does not exist"
+            obj = getattr(obj, attribute)
+
+
 class _Parsed(Exception):
     """Raised in place of running a command once its argument parser accepted the arguments."""
 
