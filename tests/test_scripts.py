@@ -1,4 +1,5 @@
-"""The diagnosis scripts in scripts/ still run against the package (on the small `ci` profile)."""
+"""The diagnosis scripts in scripts/ and the benchmarks still run against the package (on the small
+`ci` profile, or on a few questions)."""
 from __future__ import annotations
 
 import importlib.util
@@ -11,10 +12,11 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+BENCHMARKS = SCRIPTS.parent / "benchmarks"
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+def _load(name, folder=SCRIPTS):
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -384,3 +386,22 @@ def test_qwen_audio_chat_check_names_what_it_lacks_before_running_anything(tmp_p
     with pytest.raises(RuntimeError, match="transformers 4.x.*separate environment"):
         script.main([str(tmp_path), "--out", str(tmp_path / "model")])
     assert not (tmp_path / "model").exists()
+
+
+def test_training_benchmark_times_both_methods_both_ways(capsys):
+    _load("bench_training", BENCHMARKS).main(["--steps", "1", "--batch-size", "2", "--seconds", "1"])
+    out = capsys.readouterr().out
+    steps = [float(ms) for ms in re.findall(r"(?:RRS|refusal-SFT) step +([\d.]+) ms", out)]
+    assert len(steps) == 4 and all(ms > 0 for ms in steps), out  # whole model, then decoder only
+    assert re.search(r"extraction +[\d.]+ items/s batched \(batch 2\)", out), out
+
+
+def test_evaluation_benchmark_times_every_mode_and_batch_size(capsys):
+    _load("bench_evaluation", BENCHMARKS).main(["--n", "3", "--batch-sizes", "1,3", "--max-new-tokens", "2"])
+    out = capsys.readouterr().out
+    assert re.search(r"speech: [\d.]+ clips/s", out) and re.search(r"judge \S+ \S+: [\d,]+ responses/s", out), out
+    rows = [line.split() for line in out.splitlines() if re.match(r" *(audio-text|text-only|audio-only) +\d", line)]
+    assert [(r[0], int(r[1])) for r in rows] == [(m, b) for m in ("audio-text", "text-only", "audio-only") for b in (1, 3)]
+    assert all(float(v) > 0 for r in rows for v in r[2:])
+    with pytest.raises(SystemExit):
+        _load("bench_evaluation", BENCHMARKS).main(["--batch-sizes", "0"])
