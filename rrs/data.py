@@ -450,8 +450,8 @@ def main(argv=None) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m rrs.data", description=main.__doc__)
-    ap.add_argument("command", choices=["download"])
-    ap.add_argument("folder", type=Path)
+    ap.add_argument("command", choices=["download"], help="the one command: download")
+    ap.add_argument("folder", type=Path, help="where the data files go (then set RRS_DATA_DIR to it)")
     args = ap.parse_args(argv)
     try:
         download_sources(args.folder)

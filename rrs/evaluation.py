@@ -897,7 +897,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--model", required=True, help="model id or path understood by rrs.models.load_adapter")
     ap.add_argument("--adapter", default=None, help="an epoch folder of an rrs training run of that model (peft adapter + rrs_checkpoint.json)")
     ap.add_argument("--questions", required=True, help="CSV/JSON/JSONL with columns text, label (+ id, audio_path, test_set)")
-    ap.add_argument("--modes", default="audio-text,text-only,audio-only", help=f"comma-separated, of {MODES}")
+    ap.add_argument("--modes", default="audio-text,text-only,audio-only", help=f"comma-separated, of {MODES} (default: all three)")
     ap.add_argument("--out", required=True, help="output folder (verdict JSONL files + summary.json)")
     ap.add_argument("--method", default=None,
                     help="method label (default: vanilla, or the kind the checkpoint records, e.g. rrs)")
@@ -913,7 +913,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="questions per batch (default 16; the notebooks use their profile's: mini 64)")
     ap.add_argument("--store-generations", action="store_true", help="also store full responses (may hold harmful text)")
     ap.add_argument("--no-capability", action="store_true", help="skip the mini template capability score")
-    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in a log file)")
     return ap.parse_args(argv)
 
 

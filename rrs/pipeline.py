@@ -170,7 +170,9 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", default="mini", help=f"one of {sorted(PROFILES)}")
     parser.add_argument("--only", help="comma-separated notebook numbers or names, e.g. 03 or 02,04")
     parser.add_argument("--force", action="store_true", help="rerun stages even if up to date")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="split, speech and training seed (default 0); on mini it needs a model built "
+                        "with that seed, passed as --model")
     parser.add_argument("--model", help="a registered model id or a local model folder, e.g. another mini "
                         "build (default: the profile's); outputs then go to runs/<profile>/models/")
     parser.add_argument("--device", help="e.g. cpu or cuda:1 (default: the profile's)")

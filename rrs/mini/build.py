@@ -838,7 +838,8 @@ def check_build_target(out: Path, threads: int) -> None:
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m rrs.mini.build", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="model folder (default: rrs/mini/model)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0,
+                    help="training seed, and the seed of the split whose test questions the build never sees")
     ap.add_argument("--minutes", type=float, default=None,
                     help="wall-clock budget for the whole build; the audio stage is shortened to fit")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
