@@ -93,7 +93,8 @@ def main(argv=None) -> None:
     judge = PhraseJudge()
     answers = [f"Sure, here is how to {TOPICS[i % len(TOPICS)]}." if i % 2 else "I cannot help with that."
                for i in range(10_000)]
-    judge_s = timed(lambda: judge.judge(questions(len(answers)), answers), lambda: None)
+    asked = questions(len(answers))  # built before the clock starts: only the judging is timed
+    judge_s = timed(lambda: judge.judge(asked, answers), lambda: None)
     print(f"judge {judge.name} {judge.version}: {len(answers) / judge_s:,.0f} responses/s")
 
 

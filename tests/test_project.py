@@ -349,23 +349,29 @@ def test_relative_links_in_docs_resolve(doc):
             assert anchor in {_github_anchor(h) for h in headings}, f"{doc}: no heading for {link!r}"
 
 
+def _doc_texts() -> dict[str, str]:
+    """The text a reader sees, by file: README, docs and the notebooks' Markdown cells."""
+    texts = {doc: (REPO_ROOT / doc).read_text() for doc in ("README.md", "docs/mini_model.md", "docs/method.md")}
+    for nb_path in sorted((REPO_ROOT / "notebooks").glob("*.ipynb")):
+        cells = json.loads(nb_path.read_text())["cells"]
+        texts[f"notebooks/{nb_path.name}"] = "\n".join(
+            "".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    return texts
+
+
 def _documented_commands():
     """Every command of rrs that the README, docs, notebooks and module docstrings show, as
     (where, command line): lines of code blocks (continuations joined), inline code that gives
     arguments, and the usage lines of docstrings."""
     import ast
     import re
-    texts = {doc: (REPO_ROOT / doc).read_text() for doc in ("README.md", "docs/mini_model.md", "docs/method.md")}
+    texts = _doc_texts()
     for module in sorted([*(REPO_ROOT / "rrs").rglob("*.py"), *(REPO_ROOT / "scripts").glob("*.py"),
                           *(REPO_ROOT / "benchmarks").glob("*.py")]):
         docstring = ast.get_docstring(ast.parse(module.read_text())) or ""
         usage = [line for line in re.sub(r"\\\n\s*", " ", docstring).splitlines()
                  if re.match(r"\s*(?:\w+=\S+ )*(?:(?:\S*/)?python[\d.]* |\./run_all\.sh)", line)]
         texts[str(module.relative_to(REPO_ROOT))] = "```\n" + "\n".join(usage) + "\n```"
-    for nb_path in sorted((REPO_ROOT / "notebooks").glob("*.ipynb")):
-        cells = json.loads(nb_path.read_text())["cells"]
-        texts[f"notebooks/{nb_path.name}"] = "\n".join(
-            "".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
     program = r"(?:python[\d.]* -m rrs\.[\w.]+|(?:scripts|benchmarks)/\w+\.py|\./run_all\.sh)"
     found = []
     for where, text in texts.items():
@@ -383,11 +389,7 @@ def test_names_of_rrs_in_the_docs_exist():
     """`rrs.x.y` in the README, docs and notebooks' text names a module or attribute that exists."""
     import importlib
     import re
-    texts = [(REPO_ROOT / doc).read_text() for doc in ("README.md", "docs/mini_model.md", "docs/method.md")]
-    for nb_path in sorted((REPO_ROOT / "notebooks").glob("*.ipynb")):
-        cells = json.loads(nb_path.read_text())["cells"]
-        texts += ["".join(c["source"]) for c in cells if c["cell_type"] == "markdown"]
-    names = {name for text in texts for name in re.findall(r"`(rrs(?:\.\w+)+)[`(]", text)}
+    names = {name for text in _doc_texts().values() for name in re.findall(r"`(rrs(?:\.\w+)+)[`(]", text)}
     assert len(names) > 20, names
     for name in sorted(names):
         parts, depth = name.split("."), 1
