@@ -101,7 +101,8 @@ def oracle_table(adapter, train: pd.DataFrame, test: pd.DataFrame, profile, mode
                  fractions=()) -> pd.DataFrame:
     y_train, y_test = (train.label == "harmful").to_numpy(), (test.label == "harmful").to_numpy()
     # each question is spoken once and serves every mode
-    clips_train, clips_test = speech_with_word_timings(train, profile, seed), speech_with_word_timings(test, profile, seed)
+    clips_train = speech_with_word_timings(train, profile, seed)
+    clips_test = speech_with_word_timings(test, profile, seed)
     rows = []
     for mode in modes:
         o_train = decoder_outputs(adapter, train, clips_train, mode, seed, fractions)
@@ -118,10 +119,12 @@ def oracle_table(adapter, train: pd.DataFrame, test: pd.DataFrame, profile, mode
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", default="mini")
+    ap.add_argument("--profile", default="mini",
+                    help="the profile whose settings and cached stages are read (default mini)")
     ap.add_argument("--model", default=None, help="model id or folder (default: the profile's)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--modes", default="audio-only,audio-text")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="the split and speech seed; the model must be built for it (default 0)")
+    ap.add_argument("--modes", default="audio-only,audio-text", help="comma-separated spoken modes")
     ap.add_argument("--fractions", default="", help="comma-separated shares of the spoken words made "
                     "perfect in extra views, e.g. 0.25,0.5,0.75")
     args = ap.parse_args(argv)

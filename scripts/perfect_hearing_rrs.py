@@ -186,11 +186,14 @@ def print_tradeoff_and_mean(scores: dict, harmful: np.ndarray, budgets) -> None:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", default="mini")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--profile", default="mini",
+                    help="the profile whose settings and cached stages are read (default mini)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="the split and speech seed; the model must be built for it (default 0)")
     ap.add_argument("--model", default=None, help="a mini model folder (default: the profile's); the "
                     "perfect view needs a model whose tokenizer spells eSpeak NG's words, as every mini build's does")
-    ap.add_argument("--views", default=",".join(VIEWS))
+    ap.add_argument("--views", default=",".join(VIEWS),
+                    help="comma-separated views of the spoken questions (default: both)")
     ap.add_argument("--epochs", type=int, default=None, help="RRS epochs (default: the profile's)")
     ap.add_argument("--budgets", default="3,4.5,9", help="benign refusal rises allowed, in points")
     args = ap.parse_args(argv)

@@ -45,7 +45,8 @@ def views(adapter, rows: pd.DataFrame, mode: str, batch_size: int) -> dict[str, 
     out: dict[str, list] = {}
     for s in tqdm(range(0, len(inputs), batch_size), desc=f"{mode} states", leave=False):
         batch = adapter.prepare(inputs[s:s + batch_size])
-        states = adapter.model(**adapter.forward_kwargs(batch), output_hidden_states=True, use_cache=False).hidden_states
+        outputs = adapter.model(**adapter.forward_kwargs(batch), output_hidden_states=True, use_cache=False)
+        states = outputs.hidden_states
         audio = (batch["input_ids"] == audio_id).unsqueeze(-1).float()
         real = batch["attention_mask"].unsqueeze(-1).float()
         parts = {"audio_tokens_in": (states[0] * audio).sum(1) / audio.sum(1).clamp(min=1),
@@ -59,10 +60,12 @@ def views(adapter, rows: pd.DataFrame, mode: str, batch_size: int) -> dict[str, 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", default="mini")
+    ap.add_argument("--profile", default="mini",
+                    help="the profile whose settings and cached stages are read (default mini)")
     ap.add_argument("--model", default=None, help="model id or folder (default: the profile's)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--seed", type=int, default=0,
+                    help="the split and speech seed; the model must be built for it (default 0)")
+    ap.add_argument("--batch-size", type=int, default=32, help="questions per forward pass (default 32)")
     args = ap.parse_args(argv)
 
     P, adapter, questions = stages.setup(args.profile, args.seed, model=args.model, progress=False)
