@@ -70,6 +70,14 @@ def _profile(profile) -> Profile:
     return profile if isinstance(profile, Profile) else get_profile(profile)
 
 
+def add_setup_arguments(parser) -> None:
+    """--profile and --seed, as the diagnosis scripts in scripts/ pass them to `setup`."""
+    parser.add_argument("--profile", default="mini",
+                        help="the profile whose settings and cached stages are read (default mini)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the split and speech seed; the model must be built for it (default 0)")
+
+
 def setup(profile="mini", seed: int = 0, model: str | None = None, device: str | None = None,
           dtype: str | None = None, n_train: int | None = None, *, n_test: int | None = None,
           epochs: int | None = None, revision: str | None = None, trust_remote_code: bool = False,

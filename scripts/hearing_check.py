@@ -36,12 +36,9 @@ from rrs.mini.behaviour import hearing_table  # noqa: E402
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", default="mini",
-                    help="the profile whose settings and cached stages are read (default mini)")
+    stages.add_setup_arguments(ap)
     ap.add_argument("--model", default=None, help="model id or folder (default: the profile's)")
     ap.add_argument("--n", type=int, default=150, help="questions per split (default 150)")
-    ap.add_argument("--seed", type=int, default=0,
-                    help="the split and speech seed; the model must be built for it (default 0)")
     args = ap.parse_args(argv)
     P, adapter, questions = stages.setup(args.profile, args.seed, model=args.model, progress=False)
     print(f"model: {adapter.model_id}; {args.n} questions per split; 50 most frequent training words")

@@ -119,11 +119,8 @@ def oracle_table(adapter, train: pd.DataFrame, test: pd.DataFrame, profile, mode
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", default="mini",
-                    help="the profile whose settings and cached stages are read (default mini)")
+    stages.add_setup_arguments(ap)
     ap.add_argument("--model", default=None, help="model id or folder (default: the profile's)")
-    ap.add_argument("--seed", type=int, default=0,
-                    help="the split and speech seed; the model must be built for it (default 0)")
     ap.add_argument("--modes", default="audio-only,audio-text", help="comma-separated spoken modes")
     ap.add_argument("--fractions", default="", help="comma-separated shares of the spoken words made "
                     "perfect in extra views, e.g. 0.25,0.5,0.75")

@@ -186,10 +186,7 @@ def print_tradeoff_and_mean(scores: dict, harmful: np.ndarray, budgets) -> None:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", default="mini",
-                    help="the profile whose settings and cached stages are read (default mini)")
-    ap.add_argument("--seed", type=int, default=0,
-                    help="the split and speech seed; the model must be built for it (default 0)")
+    stages.add_setup_arguments(ap)
     ap.add_argument("--model", default=None, help="a mini model folder (default: the profile's); the "
                     "perfect view needs a model whose tokenizer spells eSpeak NG's words, as every mini build's does")
     ap.add_argument("--views", default=",".join(VIEWS),

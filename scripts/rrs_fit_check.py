@@ -83,11 +83,8 @@ def synthetic_items(questions: pd.DataFrame, P, n: int, seed: int = 0) -> pd.Dat
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", default="mini",
-                    help="the profile whose settings and cached stages are read (default mini)")
+    stages.add_setup_arguments(ap)
     ap.add_argument("--model", default=None, help="model id or folder (default: the profile's)")
-    ap.add_argument("--seed", type=int, default=0,
-                    help="the split and speech seed; the model must be built for it (default 0)")
     ap.add_argument("--paper-settings", action="store_true",
                     help="train with the paper profile's settings (r 16, alpha 4, dropout 0.1, 10 epochs, lr 5e-5 "
                          "decaying linearly, batch 4 x 2, prompts drawn per batch) in float32 instead of the "

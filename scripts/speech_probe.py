@@ -60,11 +60,8 @@ def views(adapter, rows: pd.DataFrame, mode: str, batch_size: int) -> dict[str, 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", default="mini",
-                    help="the profile whose settings and cached stages are read (default mini)")
+    stages.add_setup_arguments(ap)
     ap.add_argument("--model", default=None, help="model id or folder (default: the profile's)")
-    ap.add_argument("--seed", type=int, default=0,
-                    help="the split and speech seed; the model must be built for it (default 0)")
     ap.add_argument("--batch-size", type=int, default=32, help="questions per forward pass (default 32)")
     args = ap.parse_args(argv)
 

@@ -100,10 +100,7 @@ def print_tradeoff(scores: dict, harmful, budgets) -> dict[str, list[dict]]:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--profile", default="mini",
-                    help="the profile whose settings and cached stages are read (default mini)")
-    ap.add_argument("--seed", type=int, default=0,
-                    help="the split and speech seed; the model must be built for it (default 0)")
+    stages.add_setup_arguments(ap)
     ap.add_argument("--model", default=None, help="a registered model id or a local model folder")
     ap.add_argument("--methods", default=",".join(("vanilla",) + RRS_METHODS),
                     help="comma-separated methods of Tables 1, 3 and 4 (default: vanilla and every RRS variant)")

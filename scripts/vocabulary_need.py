@@ -66,9 +66,8 @@ def vocabulary_table(train: pd.DataFrame, test: pd.DataFrame, sizes) -> pd.DataF
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="mini",
-                    help="the profile whose settings and cached stages are read (default mini)")
-    ap.add_argument("--seed", type=int, default=0,
-                    help="the split and speech seed; the model must be built for it (default 0)")
+                    help="the profile whose test fraction splits the pairs (default mini)")
+    ap.add_argument("--seed", type=int, default=0, help="the split seed (default 0)")
     ap.add_argument("--sizes", default="25,50,100,200,400,800,1600,3200",
                     help="comma-separated vocabulary sizes K")
     args = ap.parse_args(argv)
